@@ -1,0 +1,1 @@
+"""Datasets, class orders, task splits, batching and on-device augmentation."""

@@ -1,0 +1,133 @@
+"""The learner interface, its registry, and the losses and forwards learners share."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+METHODS: dict[str, type[Method]] = {}
+NEG_INF = -1e9  # finite "minus infinity" for masked logits (0 * NEG_INF stays 0)
+
+
+@struct.dataclass
+class TaskInfo:
+    """Task identity as array data, so one compiled step serves every task."""
+
+    n_old: jax.Array  # classes seen before this task (int32 scalar)
+    n_seen: jax.Array  # classes seen up to and including this task (int32 scalar)
+
+    @classmethod
+    def make(cls, n_old: int, n_seen: int) -> TaskInfo:
+        return cls(jnp.asarray(n_old, jnp.int32), jnp.asarray(n_seen, jnp.int32))
+
+
+class Method:
+    """A learner: pure loss + task-boundary hooks. Subclasses register with `@register`."""
+
+    name: ClassVar[str] = ""
+    data_free: ClassVar[bool] = True  # may not keep real images of past tasks
+    trains_on: ClassVar[str] = "task"  # "task": current task's data; "seen": all tasks so far
+    first_task_loss: ClassVar[str] = "ce"  # methods with equal values can share a first-task model
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.cfg = cfg
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """Fields of `config.method` for this learner (besides `name`)."""
+        return ml_collections.ConfigDict()
+
+    def validate(self) -> None:
+        """Raise ValueError naming `config.method.<field>` for bad values."""
+
+    def loss_fn(self, model, params, batch_stats, images, labels, task: TaskInfo, teacher, rng):
+        """(loss, (new_batch_stats, terms)) for one batch of normalised images and labels."""
+        raise NotImplementedError
+
+    def begin_task(self, run, task: int):
+        """Hook before the first epoch of `task`; returns the (new) RunState."""
+        return run
+
+    def end_task(self, run, task: int, task_data):
+        """Hook after the last epoch of `task`, while its real data (`task_data`) is readable.
+
+        Data-free learners may keep only weights, generators, per-class statistics and encoders.
+        The loop freezes the teacher afterwards.
+        """
+        return run
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(cfg: ml_collections.ConfigDict) -> Method:
+    if cfg.name not in METHODS:
+        raise ValueError(f"config.method.name={cfg.name!r}; allowed: {', '.join(sorted(METHODS))}")
+    method = METHODS[cfg.name](cfg)
+    method.validate()
+    return method
+
+
+def method_config(name: str) -> ml_collections.ConfigDict:
+    """`config.method` for learner `name`: its name plus its own default fields."""
+    if name not in METHODS:
+        raise ValueError(f"config.method.name={name!r}; allowed: {', '.join(sorted(METHODS))}")
+    cfg = METHODS[name].default_config()
+    cfg.name = name
+    return cfg
+
+
+def require_positive(cfg, *fields: str, allow_zero: bool = False) -> None:
+    for f in fields:
+        v = cfg[f]
+        if v < 0 or (v == 0 and not allow_zero):
+            raise ValueError(f"config.method.{f}={v} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def class_range_mask(num_classes: int, lo, hi) -> jax.Array:
+    """Boolean (C,) mask of classes in [lo, hi)."""
+    c = jnp.arange(num_classes)
+    return (c >= lo) & (c < hi)
+
+
+def mask_logits(logits: jax.Array, lo, hi) -> jax.Array:
+    """Logits outside classes [lo, hi) set to a large negative value."""
+    return jnp.where(class_range_mask(logits.shape[-1], lo, hi), logits, NEG_INF)
+
+
+def seen_ce(logits, labels, n_seen) -> jax.Array:
+    """Cross-entropy over the seen classes (single head, no task id)."""
+    return optax.softmax_cross_entropy_with_integer_labels(mask_logits(logits, 0, n_seen), labels)
+
+
+def kd_old_classes(student_logits, teacher_logits, n_old, temperature: float) -> jax.Array:
+    """Knowledge distillation (soft-target CE at temperature T) over the old classes, per sample.
+
+    As the ABD reference's `loss_fn_kd`: no T^2 factor; zero when there are no old classes.
+    """
+    log_p = jax.nn.log_softmax(mask_logits(student_logits, 0, n_old) / temperature)
+    q = jax.nn.softmax(mask_logits(teacher_logits, 0, n_old) / temperature)
+    q = jnp.where(class_range_mask(q.shape[-1], 0, n_old), q, 0.0)
+    return jnp.where(n_old > 0, -jnp.sum(q * log_p, axis=-1), 0.0)
+
+
+def student_forward(model, params, batch_stats, images):
+    """Train-mode forward: (features, logits, updated batch_stats)."""
+    (feats, logits), state = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, True,
+        method=model.features_and_logits, mutable=["batch_stats"])
+    return feats, logits, state["batch_stats"]
+
+
+def teacher_forward(model, teacher: Any, images):
+    """Frozen previous model in eval mode: (features, logits), no gradient."""
+    feats, logits = model.apply(teacher, images, False, method=model.features_and_logits)
+    return jax.lax.stop_gradient(feats), jax.lax.stop_gradient(logits)

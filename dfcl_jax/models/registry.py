@@ -1,0 +1,26 @@
+"""Model registry: `config.model.name` -> a BlockClassifier builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dfcl_jax.models.blocks import BlockClassifier
+from dfcl_jax.models.resnet import cifar_resnet, resnet18
+
+
+def _cifar_resnet(cfg, num_classes: int) -> BlockClassifier:
+    return cifar_resnet(num_classes, depth=cfg.depth, widths=tuple(cfg.widths), variant=cfg.variant)
+
+
+def _resnet18(cfg, num_classes: int) -> BlockClassifier:
+    return resnet18(num_classes, small_input=cfg.small_input, width=cfg.widths[0])
+
+
+MODELS: dict[str, Callable] = {"cifar_resnet": _cifar_resnet, "resnet18": _resnet18}
+
+
+def build_model(model_config, num_classes: int) -> BlockClassifier:
+    """Build `model_config.name` with a head for all `num_classes` classes of the benchmark."""
+    if model_config.name not in MODELS:
+        raise ValueError(f"config.model.name={model_config.name!r}; allowed: {', '.join(MODELS)}")
+    return MODELS[model_config.name](model_config, num_classes)

@@ -1,0 +1,1 @@
+"""The continual loop, train state, device mesh, checkpointing, validation and logging."""

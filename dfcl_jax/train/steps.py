@@ -1,0 +1,43 @@
+"""The jitted train and eval steps: compiled once for all tasks, batch sharded, state donated."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dfcl_jax.methods.base import TaskInfo, mask_logits
+from dfcl_jax.train.mesh import data_sharding, replicated
+from dfcl_jax.train.state import RunState
+
+
+def make_train_step(model, method, augmentation, mesh):
+    """`step(run, images_uint8, labels, task, rng) -> (run, metrics)`; `run` is donated."""
+
+    def step(run: RunState, images, labels, task: TaskInfo, rng):
+        k_aug, k_loss = jax.random.split(rng)
+        x = augmentation(images, k_aug)
+        state = run.train
+
+        def loss(params):
+            return method.loss_fn(model, params, state.batch_stats, x, labels, task,
+                                  run.teacher, k_loss)
+
+        (value, (new_stats, terms)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+        metrics = {"loss": value, **terms}
+        return run.replace(train=state), metrics
+
+    rep, dat = replicated(mesh), data_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, dat, dat, rep, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+
+def make_eval_step(model, augmentation, mesh):
+    """`eval(variables, images_uint8, labels, n_seen) -> correct (B,)` with logits masked to seen."""
+
+    def step(variables, images, labels, n_seen):
+        logits = model.apply(variables, augmentation.normalize(images), False)
+        return jnp.argmax(mask_logits(logits, 0, n_seen), axis=-1) == labels
+
+    rep, dat = replicated(mesh), data_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=dat)

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs over generated IDX stand-ins, and the real Fashion-MNIST files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from dfcl_jax.data.stand_in import write_idx_dataset  # noqa: E402
+from experiments import fashion_mnist  # noqa: E402
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+    """A generated 10-class MNIST-format dataset (gzipped IDX files, 28x28)."""
+    return write_idx_dataset(str(tmp_path_factory.mktemp("idx")), num_classes=10,
+                             train_per_class=64, test_per_class=20)
+
+
+def tiny_config(data_dir: str, method: str = "finetune", tasks: int = 2, epochs: int = 2,
+                **overrides):
+    """The Fashion-MNIST config shrunk to a tiny ResNet on `data_dir`, a few dozen steps."""
+    c = fashion_mnist.get_config(f"method={method},tasks={tasks}")
+    c.data.data_dir = data_dir
+    c.data.train_per_class = 0
+    c.model.depth = 8
+    c.model.widths = (4, 8, 16)
+    c.train.epochs = epochs
+    c.train.batch_size = 32
+    c.train.eval_batch_size = 64
+    c.train.lr_milestones = ()
+    c.checkpoint.every_epochs = 1
+    c.runtime.progress = False
+    c.runtime.log_every_steps = 4
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not os.path.exists(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")),
+    reason="apt-get install -y dataset-fashion-mnist")
