@@ -2,8 +2,15 @@
 
 import ml_collections
 
-from dfcl_jax.methods.base import (Method, kd_old_classes, register, require_positive, seen_ce,
-                                   student_forward, teacher_forward)
+from dfcl_jax.methods.base import (
+    Method,
+    kd_old_classes,
+    register,
+    require_positive,
+    seen_ce,
+    student_forward,
+    teacher_forward,
+)
 
 
 @register

@@ -4,8 +4,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dfcl_jax.methods.base import (Method, class_range_mask, register, student_forward,
-                                   teacher_forward)
+from dfcl_jax.methods.base import (
+    Method,
+    class_range_mask,
+    register,
+    student_forward,
+    teacher_forward,
+)
 
 
 @register

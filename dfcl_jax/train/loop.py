@@ -27,9 +27,16 @@ from dfcl_jax.models import build_model
 from dfcl_jax.train import mesh as mesh_lib
 from dfcl_jax.train.checkpoint import CheckpointError, RunCheckpointer, config_differences
 from dfcl_jax.train.logging import RunLogger
-from dfcl_jax.train.state import (RunState, epochs_for_task, freeze_teacher, init_run_state,
-                                  learning_rate_at, make_optimizer, reset_optimizer,
-                                  set_learning_rate)
+from dfcl_jax.train.state import (
+    RunState,
+    epochs_for_task,
+    freeze_teacher,
+    init_run_state,
+    learning_rate_at,
+    make_optimizer,
+    reset_optimizer,
+    set_learning_rate,
+)
 from dfcl_jax.train.steps import make_eval_step, make_train_step
 from dfcl_jax.train.validate import ConfigError, validate_config
 

@@ -33,11 +33,14 @@ def make_train_step(model, method, augmentation, mesh):
 
 
 def make_eval_step(model, augmentation, mesh):
-    """`eval(variables, images_uint8, labels, n_seen) -> correct (B,)` with logits masked to seen."""
+    """`eval(variables, images_uint8, labels, n_seen) -> correct (B,)` with logits masked to seen.
+
+    The (small) result is replicated so every host can read the whole global batch's outcome.
+    """
 
     def step(variables, images, labels, n_seen):
         logits = model.apply(variables, augmentation.normalize(images), False)
         return jnp.argmax(mask_logits(logits, 0, n_seen), axis=-1) == labels
 
     rep, dat = replicated(mesh), data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=dat)
+    return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=rep)

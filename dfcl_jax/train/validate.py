@@ -70,6 +70,13 @@ def validate_config(config, workdir: str | None = None) -> None:
             check_idx_dir(d.data_dir)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if d.source == "tfds" and not d.stand_in:
+        from dfcl_jax.data.tfds_source import check_prepared
+
+        try:
+            check_prepared(d)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     for field in ("upper_bound_workdir", "first_task_from"):
         path = config[field]
         if path and not os.path.isdir(path):
