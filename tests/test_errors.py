@@ -99,9 +99,8 @@ class ExplodingFinetune(Finetune):
 
     name = "exploding_finetune"
 
-    def loss_fn(self, model, params, batch_stats, images, labels, task, teacher, rng):
-        loss, (stats, terms) = super().loss_fn(model, params, batch_stats, images, labels, task,
-                                               teacher, rng)
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx):
+        loss, (stats, terms) = super().loss_fn(model, params, batch_stats, images, labels, ctx)
         blow = jnp.where(jnp.abs(params["head"]["bias"]).sum() > -1, jnp.nan, 0.0)
         return loss + blow * terms["ce"], (stats, terms | {"blow": blow})
 

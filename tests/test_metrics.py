@@ -5,8 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from dfcl_jax.metrics.continual import (average_incremental_accuracy, final_accuracy, forgetting,
-                                        omega, seen_accuracies, summarize)
+from dfcl_jax.metrics.continual import (
+    average_incremental_accuracy,
+    final_accuracy,
+    forgetting,
+    omega,
+    seen_accuracies,
+    summarize,
+)
 from dfcl_jax.metrics.report import write_results
 
 R = [[0.9, 0.6, 0.5], [None, 0.8, 0.4], [None, None, 0.7]]

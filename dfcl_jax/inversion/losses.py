@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from dfcl_jax.models.blocks import BNMoments
+from dfcl_jax.models.heads import class_range_mask, mask_unseen
 
 VAR_EPS = 1e-8  # added to batch and running variances by the KL variants (reference value)
-MASKED_LOGIT = -1e9  # finite, so that 0 * masked stays 0 and softmax gives exactly 0 there
 
 BN_MATCHINGS = ("kl_abd", "kl_pmi", "l2_di")
 
@@ -35,12 +35,7 @@ def _safe_norm(x: jnp.ndarray) -> jnp.ndarray:
 
 def seen_mask(num_classes: int, n_seen) -> jnp.ndarray:
     """Boolean mask of the seen classes `[0, n_seen)`; `n_seen` may be traced."""
-    return jnp.arange(num_classes) < n_seen
-
-
-def mask_unseen(logits: jnp.ndarray, n_seen) -> jnp.ndarray:
-    """Logits with classes `>= n_seen` replaced by a finite large negative value (-1e9)."""
-    return jnp.where(seen_mask(logits.shape[-1], n_seen), logits, MASKED_LOGIT)
+    return class_range_mask(num_classes, 0, n_seen)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ import ml_collections
 import optax
 from flax import struct
 
+from dfcl_jax.models.heads import class_range_mask, mask_logits
+
 METHODS: dict[str, type[Method]] = {}
-NEG_INF = -1e9  # finite "minus infinity" for masked logits (0 * NEG_INF stays 0)
 
 
 @struct.dataclass
@@ -24,6 +25,16 @@ class TaskInfo:
     @classmethod
     def make(cls, n_old: int, n_seen: int) -> TaskInfo:
         return cls(jnp.asarray(n_old, jnp.int32), jnp.asarray(n_seen, jnp.int32))
+
+
+@struct.dataclass
+class StepContext:
+    """What a loss sees besides the trainable parameters and the batch."""
+
+    task: TaskInfo
+    teacher: Any  # frozen previous model {"params", "batch_stats"}
+    extras: Any  # the learner's own persistent state (generator, feature statistics, ...)
+    rng: jax.Array
 
 
 class Method:
@@ -45,7 +56,11 @@ class Method:
     def validate(self) -> None:
         """Raise ValueError naming `config.method.<field>` for bad values."""
 
-    def loss_fn(self, model, params, batch_stats, images, labels, task: TaskInfo, teacher, rng):
+    def init_extras(self, model, rng, sample_images) -> Any:
+        """The learner's persistent state beside the model (fixed structure; checkpointed)."""
+        return {}
+
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx: StepContext):
         """(loss, (new_batch_stats, terms)) for one batch of normalised images and labels."""
         raise NotImplementedError
 
@@ -92,17 +107,6 @@ def require_positive(cfg, *fields: str, allow_zero: bool = False) -> None:
 
 
 # ----------------------------------------------------------------------------- shared pieces
-def class_range_mask(num_classes: int, lo, hi) -> jax.Array:
-    """Boolean (C,) mask of classes in [lo, hi)."""
-    c = jnp.arange(num_classes)
-    return (c >= lo) & (c < hi)
-
-
-def mask_logits(logits: jax.Array, lo, hi) -> jax.Array:
-    """Logits outside classes [lo, hi) set to a large negative value."""
-    return jnp.where(class_range_mask(logits.shape[-1], lo, hi), logits, NEG_INF)
-
-
 def seen_ce(logits, labels, n_seen) -> jax.Array:
     """Cross-entropy over the seen classes (single head, no task id)."""
     return optax.softmax_cross_entropy_with_integer_labels(mask_logits(logits, 0, n_seen), labels)

@@ -9,8 +9,8 @@ class Joint(Method):
     data_free = False  # an oracle: it reads every seen task's real data
     trains_on = "seen"
 
-    def loss_fn(self, model, params, batch_stats, images, labels, task, teacher, rng):
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """CE over the seen classes on real data of every seen task."""
         _, logits, new_stats = student_forward(model, params, batch_stats, images)
-        ce = seen_ce(logits, labels, task.n_seen).mean()
+        ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
         return ce, (new_stats, {"ce": ce})

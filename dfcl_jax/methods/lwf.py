@@ -25,10 +25,10 @@ class LwF(Method):
         require_positive(self.cfg, "mu", allow_zero=True)
         require_positive(self.cfg, "temperature")
 
-    def loss_fn(self, model, params, batch_stats, images, labels, task, teacher, rng):
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """CE(seen classes) + mu * KD_T(old classes of teacher -> student) on real new data."""
         _, logits, new_stats = student_forward(model, params, batch_stats, images)
-        _, t_logits = teacher_forward(model, teacher, images)
-        ce = seen_ce(logits, labels, task.n_seen).mean()
-        kd = kd_old_classes(logits, t_logits, task.n_old, self.cfg.temperature).mean()
+        _, t_logits = teacher_forward(model, ctx.teacher, images)
+        ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
+        kd = kd_old_classes(logits, t_logits, ctx.task.n_old, self.cfg.temperature).mean()
         return ce + self.cfg.mu * kd, (new_stats, {"ce": ce, "kd": kd})

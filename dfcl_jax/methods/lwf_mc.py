@@ -4,13 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dfcl_jax.methods.base import (
-    Method,
-    class_range_mask,
-    register,
-    student_forward,
-    teacher_forward,
-)
+from dfcl_jax.methods.base import Method, register, student_forward, teacher_forward
+from dfcl_jax.models.heads import class_range_mask
 
 
 @register
@@ -18,10 +13,11 @@ class LwFMC(Method):
     name = "lwf_mc"
     first_task_loss = "bce"
 
-    def loss_fn(self, model, params, batch_stats, images, labels, task, teacher, rng):
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """Mean BCE over the seen classes; targets one-hot, old-class columns sigmoid(teacher)."""
         _, logits, new_stats = student_forward(model, params, batch_stats, images)
-        _, t_logits = teacher_forward(model, teacher, images)
+        task = ctx.task
+        _, t_logits = teacher_forward(model, ctx.teacher, images)
         num_classes = logits.shape[-1]
         targets = jax.nn.one_hot(labels, num_classes)
         old = class_range_mask(num_classes, 0, task.n_old)

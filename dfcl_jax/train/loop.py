@@ -143,7 +143,8 @@ class ContinualRun:
         self.tx = make_optimizer(cfg.train)
         sample = np.zeros((1, *exp.data.image_shape), np.float32)
         self.run_state: RunState = mesh_lib.put_replicated(
-            exp.mesh, init_run_state(exp.model, self.tx, jax.random.key(cfg.seed), sample))
+            exp.mesh, init_run_state(exp.model, self.tx, jax.random.key(cfg.seed), sample,
+                                          exp.method))
         self.train_step = make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh)
         self.eval_step = make_eval_step(exp.model, exp.augmentation, exp.mesh)
         self.ckpt = RunCheckpointer(os.path.join(exp.workdir, "checkpoints"),

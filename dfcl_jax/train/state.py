@@ -23,6 +23,7 @@ class RunState:
 
     train: TrainState
     teacher: Any  # frozen previous model {"params", "batch_stats"} (a copy of the init at task 0)
+    extras: Any = None  # the learner's own state (generator, feature statistics, ...)
 
 
 def sgd_weight_decay(learning_rate, momentum, weight_decay):
@@ -56,12 +57,14 @@ def epochs_for_task(train_cfg, task: int) -> int:
     return train_cfg.epochs
 
 
-def init_run_state(model, tx, rng, sample_images) -> RunState:
+def init_run_state(model, tx, rng, sample_images, method=None) -> RunState:
+    extras_rng = jax.random.fold_in(rng, 1)
     variables = model.init(rng, sample_images, False)
     params, stats = variables["params"], variables["batch_stats"]
     train = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats)
     teacher = jax.tree.map(jnp.copy, {"params": params, "batch_stats": stats})
-    return RunState(train=train, teacher=teacher)
+    extras = method.init_extras(model, extras_rng, sample_images) if method is not None else {}
+    return RunState(train=train, teacher=teacher, extras=extras)
 
 
 def reset_optimizer(state: TrainState) -> TrainState:

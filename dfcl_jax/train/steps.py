@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dfcl_jax.methods.base import TaskInfo, mask_logits
+from dfcl_jax.methods.base import StepContext, TaskInfo
+from dfcl_jax.models.heads import mask_logits
 from dfcl_jax.train.mesh import data_sharding, replicated
 from dfcl_jax.train.state import RunState
 
@@ -19,8 +20,8 @@ def make_train_step(model, method, augmentation, mesh):
         state = run.train
 
         def loss(params):
-            return method.loss_fn(model, params, state.batch_stats, x, labels, task,
-                                  run.teacher, k_loss)
+            ctx = StepContext(task=task, teacher=run.teacher, extras=run.extras, rng=k_loss)
+            return method.loss_fn(model, params, state.batch_stats, x, labels, ctx)
 
         (value, (new_stats, terms)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=new_stats)
