@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.common import device_description, emit
 from dfcl_jax.inversion import DeepInversionConfig
 from dfcl_jax.inversion.api import as_teacher_fn
-from dfcl_jax.inversion.deepinversion import make_deepinversion_chunk
+from dfcl_jax.inversion.deepinversion import make_deepinversion_loop
 from dfcl_jax.models.resnet import cifar_resnet
 
 
@@ -43,7 +43,8 @@ def time_deepinversion(a, unroll: bool) -> dict:
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     teacher = as_teacher_fn(model, variables)
     cfg = DeepInversionConfig(steps=a.steps, chunk=a.steps, unroll=unroll)
-    tx, chunk = make_deepinversion_chunk(teacher, cfg, a.steps)
+    tx, loop = make_deepinversion_loop(teacher, cfg)
+    chunk = loop.compiled(a.steps)
     x = jax.random.normal(jax.random.key(1), (a.batch, 32, 32, 3))
     labels = jnp.arange(a.batch) % 100
     args = (labels, jnp.int32(100), jax.random.key(2))

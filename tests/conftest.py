@@ -21,6 +21,20 @@ def idx_dir(tmp_path_factory):
                              train_per_class=64, test_per_class=20)
 
 
+@pytest.fixture(scope="session")
+def trained_teacher(idx_dir, tmp_path_factory):
+    """(model, variables) of a tiny ResNet trained for a few epochs on 5 stand-in classes."""
+    from dfcl_jax.train.loop import ContinualRun, build_experiment
+
+    cfg = tiny_config(idx_dir, tasks=2, epochs=3)
+    run = ContinualRun(build_experiment(cfg, str(tmp_path_factory.mktemp("teacher"))))
+    run.T = 1
+    run.R, run.seen_acc = [[None]], [None]
+    run.run()
+    t = run.run_state.train
+    return run.exp.model, {"params": t.params, "batch_stats": t.batch_stats}
+
+
 def tiny_config(data_dir: str, method: str = "finetune", tasks: int = 2, epochs: int = 2,
                 **overrides):
     """The Fashion-MNIST config shrunk to a tiny ResNet on `data_dir`, a few dozen steps."""

@@ -10,20 +10,6 @@ from dfcl_jax.inversion import DeepInversionConfig, invert
 from dfcl_jax.inversion.losses import bn_l2_di
 from dfcl_jax.models.batchnorm import BatchNorm
 from dfcl_jax.models.blocks import apply_with_bn_moments
-from dfcl_jax.train.loop import ContinualRun, build_experiment
-from tests.conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def trained_teacher(idx_dir, tmp_path_factory):
-    """A tiny ResNet trained for a few epochs on the first 5 stand-in classes."""
-    cfg = tiny_config(idx_dir, tasks=2, epochs=3)
-    run = ContinualRun(build_experiment(cfg, str(tmp_path_factory.mktemp("teacher"))))
-    run.T = 1
-    run.R, run.seen_acc = [[None]], [None]
-    run.run()
-    t = run.run_state.train
-    return run.exp.model, {"params": t.params, "batch_stats": t.batch_stats}
 
 
 def bn_distance(model, variables, x):

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from dfcl_jax.inversion import losses
+from dfcl_jax.inversion.chunked import ChunkedLoop
 
 # A frozen classifier as inversion sees it: images -> (logits, BNMoments of every BN input).
 TeacherFn = Callable[[jax.Array], tuple[jax.Array, list]]
@@ -101,8 +101,8 @@ def deepinversion_loss(teacher_fn: TeacherFn, cfg: DeepInversionConfig, x, label
     return total, terms
 
 
-def make_deepinversion_chunk(teacher_fn: TeacherFn, cfg: DeepInversionConfig, length: int):
-    """A jitted function running `length` Adam steps on the images in one `lax.scan`."""
+def make_deepinversion_loop(teacher_fn: TeacherFn, cfg: DeepInversionConfig):
+    """The optimiser and a ChunkedLoop of Adam steps on the images (keep-best in the carry)."""
     tx = optax.adam(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2)
     grad_fn = jax.value_and_grad(lambda x, *a: deepinversion_loss(teacher_fn, cfg, x, *a),
                                  has_aux=True)
@@ -120,14 +120,9 @@ def make_deepinversion_chunk(teacher_fn: TeacherFn, cfg: DeepInversionConfig, le
         x = optax.apply_updates(x, updates)
         if cfg.clip is not None:
             x = jnp.clip(x, *cfg.clip)
-        return (x, opt_state, best_x, best_loss), (loss, terms)
+        return (x, opt_state, best_x, best_loss), {"loss": loss, **terms}
 
-    def chunk(carry, start, labels, n_seen, rng):
-        step = lambda c, i: one_step(c, i, labels, n_seen, rng)
-        return jax.lax.scan(step, carry, start + jnp.arange(length),
-                            unroll=length if cfg.unroll else 1)
-
-    return tx, jax.jit(chunk, donate_argnums=(0,))
+    return tx, ChunkedLoop(one_step, cfg.chunk, cfg.unroll)
 
 
 def deepinversion(teacher_fn: TeacherFn, labels, image_shape, rng, cfg: DeepInversionConfig,
@@ -139,20 +134,11 @@ def deepinversion(teacher_fn: TeacherFn, labels, image_shape, rng, cfg: DeepInve
     x = jax.random.normal(k_init, (labels.shape[0], *image_shape), jnp.float32)
     if n_seen is None:
         n_seen = jax.eval_shape(teacher_fn, x)[0].shape[-1]
-    size = min(cfg.chunk, cfg.steps)
-    lengths = [size] * (cfg.steps // size) + ([cfg.steps % size] if cfg.steps % size else [])
-    chunks = {n: make_deepinversion_chunk(teacher_fn, cfg, n) for n in set(lengths)}
-    tx = chunks[size][0]
     n_seen = jnp.asarray(n_seen, jnp.int32)
+    tx, loop = make_deepinversion_loop(teacher_fn, cfg)
     carry = (x, tx.init(x), jnp.copy(x), jnp.asarray(jnp.inf))
-    curve, terms, start = [], {}, 0
-    for n in tqdm(lengths, desc="DeepInversion", disable=not progress or None, leave=False):
-        carry, (loss, step_terms) = chunks[n][1](carry, jnp.asarray(start, jnp.int32), labels,
-                                                 n_seen, k_steps)
-        start += n
-        curve.append(np.asarray(loss))
-        terms = {k: float(v[-1]) for k, v in step_terms.items()}
-    curve = np.concatenate(curve)
+    carry, history = loop.run(carry, cfg.steps, (labels, n_seen, k_steps), progress=progress,
+                              desc="DeepInversion")
     x, _, best_x, best_loss = carry
     if cfg.keep_best:
         # The iterate after the last update has not been scored yet: score it once.
@@ -160,4 +146,5 @@ def deepinversion(teacher_fn: TeacherFn, labels, image_shape, rng, cfg: DeepInve
                                      jax.random.fold_in(k_steps, cfg.steps))
         x, best_loss = jax.lax.cond(last < best_loss, lambda: (x, last),
                                     lambda: (best_x, best_loss))
-    return InversionResult(x, float(best_loss), curve, terms)
+    terms = {k: float(v[-1]) for k, v in history.items() if k != "loss"}
+    return InversionResult(x, float(best_loss), history["loss"], terms)

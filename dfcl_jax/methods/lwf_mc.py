@@ -14,7 +14,10 @@ class LwFMC(Method):
     first_task_loss = "bce"
 
     def loss_fn(self, model, params, batch_stats, images, labels, ctx):
-        """Mean BCE over the seen classes; targets one-hot, old-class columns sigmoid(teacher)."""
+        """BCE summed over the seen classes, batch mean; targets one-hot, old columns sigmoid(teacher).
+
+        As the ABD reference (`BCELoss(reduction="sum") / batch`), also on the first task.
+        """
         _, logits, new_stats = student_forward(model, params, batch_stats, images)
         task = ctx.task
         _, t_logits = teacher_forward(model, ctx.teacher, images)
@@ -24,5 +27,5 @@ class LwFMC(Method):
         targets = jnp.where(old, jax.nn.sigmoid(t_logits), targets)
         seen = class_range_mask(num_classes, 0, task.n_seen)
         bce = optax.sigmoid_binary_cross_entropy(logits, targets)
-        bce = jnp.sum(jnp.where(seen, bce, 0.0), axis=-1) / task.n_seen
+        bce = jnp.sum(jnp.where(seen, bce, 0.0), axis=-1)
         return bce.mean(), (new_stats, {"bce": bce.mean()})

@@ -47,11 +47,15 @@ RESUMABLE_FIELDS = ("runtime",)
 
 
 class TaskData(NamedTuple):
-    """The current task's real training data, readable by end_task hooks only while it lasts."""
+    """What end_task hooks see: the current task's real data (only while it lasts) and its place."""
 
     images: np.ndarray  # the dataset's uint8 images (index with `indices` only)
     labels: np.ndarray  # remapped labels
     indices: np.ndarray  # examples of the current task
+    n_seen: int  # classes seen after this task
+    is_last: bool  # the last task of the sequence
+    seed: int  # the run's seed (hooks derive their randomness from it and the task)
+    progress: bool  # whether long hooks may show progress bars
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -320,7 +324,9 @@ class ContinualRun:
                     self.save()
             if task == 0:
                 self.save_first_task_model()
-            task_data = TaskData(exp.data.train_images, exp.train_labels, indices)
+            task_data = TaskData(exp.data.train_images, exp.train_labels, indices,
+                                 exp.splits.n_seen(task), task == self.T - 1, cfg.seed,
+                                 bool(cfg.runtime.progress))
             self.run_state = exp.method.end_task(self.run_state, task, task_data)
             self.run_state = freeze_teacher(self.run_state)
             self.evaluate(task)
