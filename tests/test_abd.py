@@ -81,3 +81,16 @@ def test_generator_training_lowers_its_loss_and_bn_divergence(trained_teacher):
     trainer.train(state, teacher, 7, jax.random.key(2), steps=20, progress=False)
     assert list(trainer.loop._compiled) == [20]
     assert trainer.loop._compiled[20]._cache_size() == 1
+
+
+def test_deepinversion_kd_pads_the_teacher_with_zeros_for_new_classes():
+    from dfcl_jax.methods.deepinversion import kd_zero_padded
+
+    rng = np.random.default_rng(1)
+    s, t = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32)
+    T, n_old, n_seen = 2.0, 3, 5
+    log_p = _log_softmax(s[:, :n_seen] / T)
+    q = np.exp(_log_softmax(t[:, :n_old] / T))
+    want = -np.sum(q * log_p[:, :n_old], -1)  # zero-padded teacher: new classes contribute 0
+    got = kd_zero_padded(jnp.asarray(s), jnp.asarray(t), n_old, n_seen, T)
+    np.testing.assert_allclose(got, want, rtol=1e-5)

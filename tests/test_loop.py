@@ -105,3 +105,26 @@ def test_data_free_learner_never_sees_past_task_images(idx_dir, tmp_path):
     exp.method.trains_on = "seen"  # a data-free learner asking for old data must be stopped
     with pytest.raises(loop_lib.DataFreeViolation):
         exp.training_indices(2)
+
+
+def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_path, monkeypatch):
+    """ABD's step branches on n_old (first task vs replay) inside jit: still one compilation."""
+    cfg = tiny_config(idx_dir, method="abd", tasks=5, epochs=1)
+    cfg.method.generator.steps = 4
+    cfg.method.generator.width = 8
+    cfg.method.generator.batch_size = 16
+    cfg.method.generator.z_dim = 16
+    run = ContinualRun(build_experiment(cfg, str(tmp_path)))
+    monkeypatch.setattr(run, "T", 3)
+    run.R = [[None] * 3 for _ in range(3)]
+    run.seen_acc = [None] * 3
+    run.run()
+    assert run.train_step._cache_size() == 1
+    assert list(run.exp.method.trainer.loop._compiled) == [4]
+    assert run.exp.method.trainer.loop._compiled[4]._cache_size() == 1
+    # Diagnosis after task 2 and replay grids after every task but the last are in the workdir.
+    diag = json.load(open(tmp_path / "diagnostics.json"))
+    assert diag["after_task"] == 1 and diag["mid_real_old_vs_synthetic_old"] > 0
+    assert json.load(open(tmp_path / "results.json"))["diagnostics"] == diag
+    for name in ("embeddings_task2.png", "synthetic_after_task1.png", "synthetic_after_task2.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name

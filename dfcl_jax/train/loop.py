@@ -22,6 +22,7 @@ from dfcl_jax.data.sources import ImageDataset, load_dataset
 from dfcl_jax.data.tasks import TaskSplits
 from dfcl_jax.methods import Method, TaskInfo, get_method
 from dfcl_jax.metrics.continual import summarize
+from dfcl_jax.metrics.diagnostics import mean_image_distance, mmd_unbiased, plot_embeddings, plot_image_grid
 from dfcl_jax.metrics.report import write_results
 from dfcl_jax.models import build_model
 from dfcl_jax.train import mesh as mesh_lib
@@ -300,6 +301,51 @@ class ContinualRun:
                           {f"task_{i}": self.R[i][task] for i in range(task + 1)}
                           | {"seen_accuracy": self.seen_acc[task]}, task=task)
 
+    def features(self, images_normalised: np.ndarray, batch: int = 256) -> np.ndarray:
+        t = self.run_state.train
+        variables = {"params": t.params, "batch_stats": t.batch_stats}
+        return np.concatenate([
+            np.asarray(self.exp.model.apply(variables, images_normalised[i:i + batch],
+                                            method=self.exp.model.features))
+            for i in range(0, len(images_normalised), batch)])
+
+    def diagnose_synthetic(self, task: int, n: int = 500) -> None:
+        """ABD Sec. 5 diagnosis after task 2: MID/MMD of real-old vs synthetic-old and vs real-new
+        features of the current model (real images from the test split), plus a PCA plot."""
+        exp = self.exp
+        real = {}
+        for name, t in (("real_old", task - 1), ("real_new", task)):
+            ix = exp.splits.indices(exp.test_labels, t)[:n]
+            real[name] = self.features(np.asarray(exp.augmentation.normalize(
+                exp.data.test_images[ix])))
+        rng = jax.random.fold_in(jax.random.key(exp.config.seed), 5000 + task)
+        syn, _ = exp.method.sample_synthetic(exp.model, self.run_state, rng, n,
+                                             exp.splits.n_old(task))
+        f_syn = self.features(np.asarray(syn))
+        self.diagnostics = {
+            "after_task": task,
+            "mid_real_old_vs_synthetic_old": mean_image_distance(real["real_old"], f_syn),
+            "mid_real_old_vs_real_new": mean_image_distance(real["real_old"], real["real_new"]),
+            "mmd_real_old_vs_synthetic_old": mmd_unbiased(real["real_old"], f_syn),
+            "mmd_real_old_vs_real_new": mmd_unbiased(real["real_old"], real["real_new"]),
+        }
+        plot_embeddings(os.path.join(exp.workdir, "embeddings_task2.png"),
+                        {"real old (task 1)": real["real_old"], "real new (task 2)": real["real_new"],
+                         "synthetic old": f_syn}, title=f"{exp.method.name}: features after task 2")
+        with open(os.path.join(exp.workdir, "diagnostics.json"), "w") as f:
+            json.dump(self.diagnostics, f, indent=1)
+        self.logger.write("diagnostics", self.global_step, self.diagnostics, task=task)
+
+    def save_synthetic_grid(self, task: int, n: int = 40) -> None:
+        """What the learner will replay during the next task, as an image grid."""
+        exp = self.exp
+        rng = jax.random.fold_in(jax.random.key(exp.config.seed), 6000 + task)
+        images, labels = exp.method.sample_synthetic(exp.model, self.run_state, rng, n,
+                                                     exp.splits.n_seen(task))
+        plot_image_grid(os.path.join(exp.workdir, f"synthetic_after_task{task + 1}.png"),
+                        np.asarray(exp.augmentation.denormalize(images)), np.asarray(labels),
+                        title=f"{exp.method.name}: replay after task {task + 1}")
+
     # ---------------------------------------------------------------------------------- loop
     def run(self) -> dict:
         cfg, exp = self.exp.config, self.exp
@@ -324,11 +370,15 @@ class ContinualRun:
                     self.save()
             if task == 0:
                 self.save_first_task_model()
+            if task == 1 and hasattr(exp.method, "sample_synthetic"):
+                self.diagnose_synthetic(task)
             task_data = TaskData(exp.data.train_images, exp.train_labels, indices,
                                  exp.splits.n_seen(task), task == self.T - 1, cfg.seed,
                                  bool(cfg.runtime.progress))
             self.run_state = exp.method.end_task(self.run_state, task, task_data)
             self.run_state = freeze_teacher(self.run_state)
+            if hasattr(exp.method, "sample_synthetic") and task < self.T - 1:
+                self.save_synthetic_grid(task)
             self.evaluate(task)
             self.task, self.epoch = task + 1, 0
             self.save()
@@ -354,6 +404,12 @@ class ContinualRun:
                                "order": list(exp.splits.order)},
                "accuracy_matrix": R}
         out.update(summarize(R, self.seen_acc[:done], upper))
+        diagnostics = getattr(self, "diagnostics", None)
+        if diagnostics is None and os.path.exists(os.path.join(exp.workdir, "diagnostics.json")):
+            with open(os.path.join(exp.workdir, "diagnostics.json")) as f:
+                diagnostics = json.load(f)
+        if diagnostics:
+            out["diagnostics"] = diagnostics
         return out
 
 
