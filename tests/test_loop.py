@@ -108,7 +108,7 @@ def test_data_free_learner_never_sees_past_task_images(idx_dir, tmp_path):
 
 
 def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_path, monkeypatch):
-    """ABD's step branches on n_old (first task vs replay) inside jit: still one compilation."""
+    """ABD: one compiled first-task step (plain CE) and one replay step for every later task."""
     cfg = tiny_config(idx_dir, method="abd", tasks=5, epochs=1)
     cfg.method.generator.steps = 4
     cfg.method.generator.width = 8
@@ -119,7 +119,7 @@ def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_pat
     run.R = [[None] * 3 for _ in range(3)]
     run.seen_acc = [None] * 3
     run.run()
-    assert run.train_step._cache_size() == 1
+    assert run.train_step._cache_size() == 1 and run.first_task_step._cache_size() == 1
     assert list(run.exp.method.trainer.loop._compiled) == [4]
     assert run.exp.method.trainer.loop._compiled[4]._cache_size() == 1
     # Diagnosis after task 2 and replay grids after every task but the last are in the workdir.

@@ -144,7 +144,7 @@ def deepinversion(teacher_fn: TeacherFn, labels, image_shape, rng, cfg: DeepInve
         # The iterate after the last update has not been scored yet: score it once.
         last, _ = deepinversion_loss(teacher_fn, cfg, x, labels, n_seen,
                                      jax.random.fold_in(k_steps, cfg.steps))
-        x, best_loss = jax.lax.cond(last < best_loss, lambda: (x, last),
-                                    lambda: (best_x, best_loss))
+        x = jnp.where(last < best_loss, x, best_x)
+        best_loss = jnp.minimum(last, best_loss)
     terms = {k: float(v[-1]) for k, v in history.items() if k != "loss"}
     return InversionResult(x, float(best_loss), history["loss"], terms)

@@ -54,7 +54,7 @@ class ABD(GeneratorReplay):
         super().validate()
         require_positive(self.cfg, "kd_weight", allow_zero=True)
 
-    def replay_loss(self, model, params, batch_stats, images, labels, ctx):
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """ABD Eq. 15: local CE (real) + FT-CE (real + synthetic) + KD (real + synthetic)."""
         n_old, n_seen = ctx.task.n_old, ctx.task.n_seen
         x_syn, y_syn = self.synthetic_batch(model, ctx, images.shape[0])

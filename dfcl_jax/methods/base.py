@@ -64,6 +64,11 @@ class Method:
         """(loss, (new_batch_stats, terms)) for one batch of normalised images and labels."""
         raise NotImplementedError
 
+    # Learners whose first task trains differently (no old classes, nothing to replay) override
+    # this; the loop then compiles a second step for task 1 instead of branching inside one step
+    # (XLA:CPU runs convolutions inside lax.cond/while bodies >10x slower than at top level).
+    first_task_loss_fn = None
+
     def begin_task(self, run, task: int):
         """Hook before the first epoch of `task`; returns the (new) RunState."""
         return run

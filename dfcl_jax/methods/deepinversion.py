@@ -54,7 +54,7 @@ class _SyntheticKD(GeneratorReplay):
     def kd(self, logits, t_logits, task):
         raise NotImplementedError
 
-    def replay_loss(self, model, params, batch_stats, images, labels, ctx):
+    def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """CE(real, seen classes) + mu * KD_T(real + synthetic)."""
         x_syn, _ = self.synthetic_batch(model, ctx, images.shape[0])
         x = jnp.concatenate([images, x_syn])

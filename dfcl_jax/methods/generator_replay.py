@@ -72,20 +72,14 @@ class GeneratorReplay(Method):
                           rng=rng)
         return self.synthetic_batch(model, ctx, n)
 
-    def replay_loss(self, model, params, batch_stats, images, labels, ctx):
-        """The loss once old classes exist (real + synthetic batch)."""
-        raise NotImplementedError
+    def first_task_loss_fn(self, model, params, batch_stats, images, labels, ctx):
+        """First task (nothing to replay): plain CE on real data, as the references, so the
+        trained first-task model can be shared with `finetune`."""
+        _, logits, st = student_forward(model, params, batch_stats, images)
+        ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
+        return ce, (st, {k: (ce if k == self.first_task_term else jnp.zeros(()))
+                         for k in self.loss_terms})
 
     def loss_fn(self, model, params, batch_stats, images, labels, ctx):
-        """First task: plain CE on real data (as the references); later tasks: `replay_loss`."""
-
-        def first_task(_):
-            _, logits, st = student_forward(model, params, batch_stats, images)
-            ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
-            return ce, (st, {k: (ce if k == self.first_task_term else jnp.zeros(()))
-                             for k in self.loss_terms})
-
-        def later_task(_):
-            return self.replay_loss(model, params, batch_stats, images, labels, ctx)
-
-        return jax.lax.cond(ctx.task.n_old > 0, later_task, first_task, None)
+        """Once old classes exist: real + synthetic batch (see the subclasses)."""
+        raise NotImplementedError

@@ -151,6 +151,9 @@ class ContinualRun:
             exp.mesh, init_run_state(exp.model, self.tx, jax.random.key(cfg.seed), sample,
                                           exp.method))
         self.train_step = make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh)
+        self.first_task_step = (
+            make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh, first_task=True)
+            if exp.method.first_task_loss_fn is not None else self.train_step)
         self.eval_step = make_eval_step(exp.model, exp.augmentation, exp.mesh)
         self.ckpt = RunCheckpointer(os.path.join(exp.workdir, "checkpoints"),
                                     cfg.checkpoint.max_to_keep)
@@ -244,11 +247,12 @@ class ContinualRun:
                                          exp.train_labels[local])
 
         base_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), task), epoch)
+        step = self.first_task_step if task == 0 else self.train_step
         pending: list[tuple[int, dict]] = []
         bar = tqdm(total=len(batches), desc=f"task {task + 1}/{self.T} epoch {epoch + 1}",
                    leave=False, disable=not cfg.runtime.progress or None)
         for i, (images, labels) in enumerate(prefetch(feed())):
-            self.run_state, metrics = self.train_step(self.run_state, images, labels, info,
+            self.run_state, metrics = step(self.run_state, images, labels, info,
                                                       jax.random.fold_in(base_key, i))
             if self.block_each_step:  # XLA:CPU collectives can deadlock when queued back to back
                 jax.block_until_ready(metrics)

@@ -11,8 +11,13 @@ from dfcl_jax.train.mesh import data_sharding, replicated
 from dfcl_jax.train.state import RunState
 
 
-def make_train_step(model, method, augmentation, mesh):
-    """`step(run, images_uint8, labels, task, rng) -> (run, metrics)`; `run` is donated."""
+def make_train_step(model, method, augmentation, mesh, first_task: bool = False):
+    """`step(run, images_uint8, labels, task, rng) -> (run, metrics)`; `run` is donated.
+
+    `first_task=True` builds the step of the learner's `first_task_loss_fn` (if it has one).
+    """
+    loss_fn = (method.first_task_loss_fn if first_task and method.first_task_loss_fn is not None
+               else method.loss_fn)
 
     def step(run: RunState, images, labels, task: TaskInfo, rng):
         k_aug, k_loss = jax.random.split(rng)
@@ -21,7 +26,7 @@ def make_train_step(model, method, augmentation, mesh):
 
         def loss(params):
             ctx = StepContext(task=task, teacher=run.teacher, extras=run.extras, rng=k_loss)
-            return method.loss_fn(model, params, state.batch_stats, x, labels, ctx)
+            return loss_fn(model, params, state.batch_stats, x, labels, ctx)
 
         (value, (new_stats, terms)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=new_stats)
