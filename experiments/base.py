@@ -110,3 +110,5 @@ def shrink_to_smoke(config: ml_collections.ConfigDict) -> None:
     config.runtime.log_every_steps = 5
     if "generator" in config.method:  # generator replay: a tiny generator for a few steps
         config.method.generator.update({"steps": 4, "width": 8, "batch_size": 16, "z_dim": 16})
+    if "vae" in config.method:  # deep generative replay: a tiny VAE for a few steps
+        config.method.vae.update({"steps": 4, "width": 8, "batch_size": 16, "z_dim": 8})

@@ -43,6 +43,9 @@ def get_config(arg=None):
         c.method.generator.width = 32
         c.method.generator.batch_size = 64
         c.method.generator.steps = 300
+    if "vae" in c.method:  # DGR's VAE: 300 steps of batch 64 per task (reference budget: 2000 x 128)
+        c.method.vae.batch_size = 64
+        c.method.vae.steps = 300
     if args.smoke:
         base.shrink_to_smoke(c)
     return c

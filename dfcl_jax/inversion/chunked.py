@@ -41,6 +41,11 @@ class ChunkedLoop:
     def run(self, carry, steps: int, args=(), start: int = 0, progress: bool = True,
             desc: str = "") -> tuple:
         """Run `steps` steps from step index `start`; returns (carry, {metric: np.ndarray})."""
+        # Place the carry like the (replicated) arguments, so that a carry made on the host and one
+        # returned by a previous run have the same input types: one compilation, not two.
+        ref = next((x for x in jax.tree.leaves(args) if isinstance(x, jax.Array)), None)
+        if ref is not None and ref.sharding.is_fully_replicated:
+            carry = jax.device_put(carry, ref.sharding)
         size = min(self.chunk, steps)
         lengths = [size] * (steps // size) + ([steps % size] if steps % size else [])
         history: list = []

@@ -57,6 +57,7 @@ class TaskData(NamedTuple):
     is_last: bool  # the last task of the sequence
     seed: int  # the run's seed (hooks derive their randomness from it and the task)
     progress: bool  # whether long hooks may show progress bars
+    normalize: Any  # uint8 images -> the model's normalised input space
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -378,7 +379,7 @@ class ContinualRun:
                 self.diagnose_synthetic(task)
             task_data = TaskData(exp.data.train_images, exp.train_labels, indices,
                                  exp.splits.n_seen(task), task == self.T - 1, cfg.seed,
-                                 bool(cfg.runtime.progress))
+                                 bool(cfg.runtime.progress), exp.augmentation.normalize)
             self.run_state = exp.method.end_task(self.run_state, task, task_data)
             self.run_state = freeze_teacher(self.run_state)
             if hasattr(exp.method, "sample_synthetic") and task < self.T - 1:
