@@ -134,9 +134,8 @@ def build_experiment(config, workdir: str) -> Experiment:
 def first_task_signature(config, method: Method) -> dict:
     """What must agree for two runs to share a trained first-task model."""
     c = config_to_dict(config)
-    train = dict(c["train"])
     return {"seed": c["seed"], "data": c["data"], "augment": c["augment"], "model": c["model"],
-            "train": train, "first_task_loss": method.first_task_loss}
+            "train": c["train"], "first_task_loss": method.first_task_loss}
 
 
 class ContinualRun:
