@@ -41,6 +41,41 @@ def one_step(exp_fn, num_devices, method):
             jax.device_get(run.train.batch_stats), correct)
 
 
+def inversion_losses_agree():
+    """BN-statistics losses see the global batch: sharding the images changes nothing."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from dfcl_jax.inversion.api import as_teacher_fn
+    from dfcl_jax.inversion.deepinversion import DeepInversionConfig, deepinversion_loss
+    from dfcl_jax.inversion.generator import GeneratorConfig, abd_generator_loss
+    from dfcl_jax.models.generator import Generator
+    from dfcl_jax.models.resnet import cifar_resnet
+
+    model = cifar_resnet(10, depth=8, widths=(4, 8, 16))
+    x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
+    v = model.init(jax.random.key(1), x)
+    _, st = model.apply(v, x * 2 + 1, True, mutable=["batch_stats"])
+    v = {"params": v["params"], "batch_stats": st["batch_stats"]}
+    labels = jnp.arange(16) % 10
+    di = jax.jit(lambda img: deepinversion_loss(as_teacher_fn(model, v), DeepInversionConfig(), img,
+                                                labels, 10, jax.random.key(2)))
+    gen = Generator(image_size=32, channels=3, z_dim=8, width=8)
+    gv = gen.init(jax.random.key(3), jnp.zeros((2, 8)))
+    z = jax.random.normal(jax.random.key(4), (16, 8))
+    ga = jax.jit(lambda zz: abd_generator_loss(gen, model, gv, v, zz, 10, GeneratorConfig()))
+    mesh = mesh_lib.make_mesh(4)
+    sharded = NamedSharding(mesh, P("data"))
+    for name, fn, arg in (("deepinversion", di, x), ("abd generator", ga, z)):
+        one = fn(arg)
+        four = fn(jax.device_put(arg, sharded))
+        jax.block_until_ready((one, four))
+        print(f"{name} loss: 1 device {float(one[0]):.7f}, 4 devices {float(four[0]):.7f}")
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 4, jax.devices()
     for method in ("finetune", "lwf_mc"):
@@ -51,4 +86,5 @@ if __name__ == "__main__":
         for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p4, s4))):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
         np.testing.assert_array_equal(c1, c4)
+    inversion_losses_agree()
     print("SAME")

@@ -1,4 +1,5 @@
-"""One device and four fake CPU devices give the same loss, update and predictions."""
+"""One device and four fake CPU devices give the same training loss, update and predictions, and
+the same inversion losses (BatchNorm statistics over the global batch)."""
 
 import os
 import subprocess
