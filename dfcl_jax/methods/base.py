@@ -128,6 +128,17 @@ def kd_old_classes(student_logits, teacher_logits, n_old, temperature: float) ->
     return jnp.where(n_old > 0, -jnp.sum(q * log_p, axis=-1), 0.0)
 
 
+def plain_ce_loss(model, params, batch_stats, images, labels, ctx, term_names=("ce",)):
+    """CE over the seen classes on real data; the other named terms reported as 0.
+
+    The first task of every replay learner (nothing to replay yet), as the references.
+    """
+    _, logits, st = student_forward(model, params, batch_stats, images)
+    ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
+    zero = jnp.zeros(())
+    return ce, (st, {k: (ce if i == 0 else zero) for i, k in enumerate(term_names)})
+
+
 def student_forward(model, params, batch_stats, images):
     """Train-mode forward: (features, logits, updated batch_stats)."""
     (feats, logits), state = model.apply(

@@ -15,6 +15,7 @@ from dfcl_jax.methods.base import (
     Method,
     StepContext,
     TaskInfo,
+    plain_ce_loss,
     register,
     seen_ce,
     student_forward,
@@ -99,9 +100,8 @@ class DGR(Method):
 
     def first_task_loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """Nothing to replay yet: CE on real data."""
-        _, logits, st = student_forward(model, params, batch_stats, images)
-        ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
-        return ce, (st, {"ce_real": ce, "ce_replay": jnp.zeros(())})
+        return plain_ce_loss(model, params, batch_stats, images, labels, ctx,
+                             ("ce_real", "ce_replay"))
 
     def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """DGR: r * CE(real) + (1 - r) * CE(replay, previous model's labels), r = n_new / n_seen."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dfcl_jax.inversion.generator import GeneratorConfig, GeneratorTrainer
-from dfcl_jax.methods.base import Method, StepContext, TaskInfo, seen_ce, student_forward, teacher_forward
+from dfcl_jax.methods.base import Method, StepContext, TaskInfo, plain_ce_loss, teacher_forward
 from dfcl_jax.models.generator import Generator
 from dfcl_jax.models.heads import mask_logits
 
@@ -75,10 +75,9 @@ class GeneratorReplay(Method):
     def first_task_loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """First task (nothing to replay): plain CE on real data, as the references, so the
         trained first-task model can be shared with `finetune`."""
-        _, logits, st = student_forward(model, params, batch_stats, images)
-        ce = seen_ce(logits, labels, ctx.task.n_seen).mean()
-        return ce, (st, {k: (ce if k == self.first_task_term else jnp.zeros(()))
-                         for k in self.loss_terms})
+        terms = (self.first_task_term,) + tuple(t for t in self.loss_terms
+                                                 if t != self.first_task_term)
+        return plain_ce_loss(model, params, batch_stats, images, labels, ctx, terms)
 
     def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """Once old classes exist: real + synthetic batch (see the subclasses)."""
