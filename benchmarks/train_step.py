@@ -17,7 +17,7 @@ from dfcl_jax.data.augment import Augmentation
 from dfcl_jax.methods import TaskInfo, get_method, method_config
 from dfcl_jax.models.resnet import cifar_resnet
 from dfcl_jax.train import mesh as mesh_lib
-from dfcl_jax.train.state import init_run_state, make_optimizer
+from dfcl_jax.train.state import init_run_state
 from dfcl_jax.train.steps import make_eval_step, make_train_step
 from experiments.base import get_config
 
@@ -34,8 +34,7 @@ def main(argv=None):
     model = cifar_resnet(100)
     method = get_method(method_config(a.method))
     aug = Augmentation(tuple(cfg.data.mean), tuple(cfg.data.std))
-    tx = make_optimizer(cfg.train)
-    run = mesh_lib.put_replicated(mesh, init_run_state(model, tx, jax.random.key(0),
+    run = mesh_lib.put_replicated(mesh, init_run_state(model, cfg.train, jax.random.key(0),
                                                        np.zeros((1, 32, 32, 3), np.float32)))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (a.batch, 32, 32, 3), dtype=np.uint8)

@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 256
     c.train.lr = 0.1
     c.train.first_task_lr = 0.0  # 0: same as later tasks
+    c.train.first_task_milestones = ()  # (): same as later tasks
     c.train.momentum = 0.9
     c.train.weight_decay = 2e-4
     c.train.lr_milestones = (100, 150, 200)
@@ -110,5 +111,14 @@ def shrink_to_smoke(config: ml_collections.ConfigDict) -> None:
     config.runtime.log_every_steps = 5
     if "generator" in config.method:  # generator replay: a tiny generator for a few steps
         config.method.generator.update({"steps": 4, "width": 8, "batch_size": 16, "z_dim": 16})
+    if "pmi" in config.method:  # PMI inversion: a few steps per block, a few dozen targets
+        config.method.pmi.update({"block_steps": 3, "full_steps": 4, "full_warmup": 1,
+                                  "full_milestones": (2, 3), "targets_base": 24,
+                                  "targets_per_task": 8, "micro_batch": 16,
+                                  "chunk": 4})
+        config.method.feature_model.encoder_epochs = 2
+    if "head_epochs" in config.method:  # R-DFCIL stages: one epoch each
+        for stage in ("head", "last_stage", "all", "head_ft"):
+            config.method[f"{stage}_epochs"] = 1
     if "vae" in config.method:  # deep generative replay: a tiny VAE for a few steps
         config.method.vae.update({"steps": 4, "width": 8, "batch_size": 16, "z_dim": 8})

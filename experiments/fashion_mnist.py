@@ -43,6 +43,19 @@ def get_config(arg=None):
         c.method.generator.width = 32
         c.method.generator.batch_size = 64
         c.method.generator.steps = 300
+    if "head_epochs" in c.method:
+        # R-DFCIL stages at the CPU budget (reference: 20 + 20 + 120 epochs + 40 of head FT).
+        c.method.update({"head_epochs": 1, "head_lr": 0.05, "last_stage_epochs": 1,
+                         "last_stage_lr": 0.05, "all_epochs": 2, "all_lr": 0.02,
+                         "head_ft_epochs": 1, "head_ft_lr": 0.005})
+    if c.method.get("synthesis") == "pmi":
+        # PMI: the reference inversion (50 steps per block, 160 full-model steps), fewer targets
+        # (500 + 250 t in micro-batches of 250; reference 5 tasks: 6000 + 5000 t in one batch)
+        # and 50 encoder epochs (reference 200).
+        c.method.pmi.targets_base = 500
+        c.method.pmi.targets_per_task = 250
+        c.method.pmi.micro_batch = 250
+        c.method.feature_model.encoder_epochs = 50
     if "vae" in c.method:  # DGR's VAE: 300 steps of batch 64 per task (reference budget: 2000 x 128)
         c.method.vae.batch_size = 64
         c.method.vae.steps = 300

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from dfcl_jax.methods import TaskInfo  # noqa: E402
 from dfcl_jax.train import mesh as mesh_lib  # noqa: E402
-from dfcl_jax.train.state import init_run_state, make_optimizer  # noqa: E402
+from dfcl_jax.train.state import init_run_state  # noqa: E402
 from dfcl_jax.train.steps import make_eval_step, make_train_step  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
@@ -22,8 +22,7 @@ def one_step(exp_fn, num_devices, method):
 
     cfg = tiny_config(sys.argv[1], method=method, **{"runtime.num_devices": num_devices})
     exp = build_experiment(cfg, sys.argv[2])
-    tx = make_optimizer(cfg.train)
-    run = init_run_state(exp.model, tx, jax.random.key(0),
+    run = init_run_state(exp.model, cfg.train, jax.random.key(0),
                          np.zeros((1, *exp.data.image_shape), np.float32))
     run = mesh_lib.put_replicated(exp.mesh, run)
     step = make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh)

@@ -37,7 +37,7 @@ def test_train_step_compiles_once_across_three_tasks(idx_dir, tmp_path, monkeypa
     results = run.run()
     assert results["tasks_done"] == 3
     assert CountingFinetune.traces == 1
-    assert run.train_step._cache_size() == 1
+    assert list(run.steps) == ["main"] and run.steps["main"]._cache_size() == 1
     assert run.eval_step._cache_size() == 1
 
 
@@ -119,9 +119,10 @@ def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_pat
     run.R = [[None] * 3 for _ in range(3)]
     run.seen_acc = [None] * 3
     run.run()
-    assert run.train_step._cache_size() == 1 and run.first_task_step._cache_size() == 1
-    assert list(run.exp.method.trainer.loop._compiled) == [4]
-    assert run.exp.method.trainer.loop._compiled[4]._cache_size() == 1
+    assert sorted(run.steps) == ["first", "main"]
+    assert all(step._cache_size() == 1 for step in run.steps.values())
+    assert list(run.exp.method.source.trainer.loop._compiled) == [4]
+    assert run.exp.method.source.trainer.loop._compiled[4]._cache_size() == 1
     # Diagnosis after task 2 and replay grids after every task but the last are in the workdir.
     diag = json.load(open(tmp_path / "diagnostics.json"))
     assert diag["after_task"] == 1 and diag["mid_real_old_vs_synthetic_old"] > 0

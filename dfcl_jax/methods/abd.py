@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from dfcl_jax.methods.base import register, require_positive, teacher_forward
-from dfcl_jax.methods.generator_replay import GeneratorReplay
+from dfcl_jax.methods.replay import ReplayMethod
 from dfcl_jax.models.heads import class_range_mask, mask_logits
 
 
@@ -38,7 +38,7 @@ def importance_weighted_feature_kd(feats, old_feats, old_head_kernel, n_old):
 
 
 @register
-class ABD(GeneratorReplay):
+class ABD(ReplayMethod):
     name = "abd"
     loss_terms = ("local_ce", "ft_ce", "kd")
     first_task_term = "local_ce"

@@ -11,6 +11,7 @@ import optax
 from flax import struct
 
 from dfcl_jax.models.heads import class_range_mask, mask_logits
+from dfcl_jax.train.schedule import Phase, default_phases
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -47,6 +48,11 @@ class Method:
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
+        self.num_classes, self.num_tasks = 0, 0
+
+    def bind(self, num_classes: int, num_tasks: int) -> None:
+        """The benchmark's shape (fixes the size of per-class or per-task state in `extras`)."""
+        self.num_classes, self.num_tasks = num_classes, num_tasks
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
@@ -55,6 +61,11 @@ class Method:
 
     def validate(self) -> None:
         """Raise ValueError naming `config.method.<field>` for bad values."""
+
+    def init_learner_params(self, model, rng, sample_images) -> Any:
+        """Trainable parameters the learner owns besides the model's (e.g. projection heads);
+        they live in `params["learner"]` and belong to the "head" parameter group."""
+        return None
 
     def init_extras(self, model, rng, sample_images) -> Any:
         """The learner's persistent state beside the model (fixed structure; checkpointed)."""
@@ -68,6 +79,19 @@ class Method:
     # this; the loop then compiles a second step for task 1 instead of branching inside one step
     # (XLA:CPU runs convolutions inside lax.cond/while bodies >10x slower than at top level).
     first_task_loss_fn = None
+
+    def phases(self, train_cfg, task: int) -> list[Phase]:
+        """How `task` is trained: one phase from `config.train` unless the learner stages it."""
+        return default_phases(train_cfg, task, self.first_task_loss_fn is not None)
+
+    def loss_for(self, name: str):
+        """The loss of a phase: "main" (`loss_fn`), "first" or a learner's `<name>_loss_fn`."""
+        if name == "main":
+            return self.loss_fn
+        fn = self.first_task_loss_fn if name == "first" else getattr(self, f"{name}_loss_fn", None)
+        if fn is None:
+            raise ValueError(f"learner {self.name!r} has no {name!r} loss")
+        return fn
 
     def begin_task(self, run, task: int):
         """Hook before the first epoch of `task`; returns the (new) RunState."""

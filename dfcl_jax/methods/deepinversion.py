@@ -22,7 +22,7 @@ from dfcl_jax.methods.base import (
     student_forward,
     teacher_forward,
 )
-from dfcl_jax.methods.generator_replay import GeneratorReplay
+from dfcl_jax.methods.replay import ReplayMethod
 from dfcl_jax.models.heads import class_range_mask, mask_logits
 
 
@@ -34,7 +34,7 @@ def kd_zero_padded(student_logits, teacher_logits, n_old, n_seen, temperature: f
     return -jnp.sum(q * jnp.where(class_range_mask(q.shape[-1], 0, n_seen), log_p, 0.0), -1)
 
 
-class _SyntheticKD(GeneratorReplay):
+class _SyntheticKD(ReplayMethod):
     loss_terms = ("ce", "kd")
     first_task_term = "ce"
     default_mu = 1.0

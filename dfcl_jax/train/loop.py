@@ -28,16 +28,8 @@ from dfcl_jax.models import build_model
 from dfcl_jax.train import mesh as mesh_lib
 from dfcl_jax.train.checkpoint import CheckpointError, RunCheckpointer, config_differences
 from dfcl_jax.train.logging import RunLogger
-from dfcl_jax.train.state import (
-    RunState,
-    epochs_for_task,
-    freeze_teacher,
-    init_run_state,
-    learning_rate_at,
-    make_optimizer,
-    reset_optimizer,
-    set_learning_rate,
-)
+from dfcl_jax.train.schedule import Phase, locate
+from dfcl_jax.train.state import RunState, freeze_teacher, init_run_state, reset_optimizer, set_learning_rate
 from dfcl_jax.train.steps import make_eval_step, make_train_step
 from dfcl_jax.train.validate import ConfigError, validate_config
 
@@ -127,8 +119,14 @@ def build_experiment(config, workdir: str) -> Experiment:
     aug = Augmentation(tuple(config.data.mean), tuple(config.data.std), a.crop_padding, a.hflip,
                        a.brightness, a.contrast)
     model = build_model(config.model, data.num_classes)
+    method.bind(data.num_classes, config.data.num_tasks)
     return Experiment(config, os.path.abspath(workdir), data, splits, train_labels, test_labels,
                       pool, method, model, aug, mesh)
+
+
+def model_params(params) -> dict:
+    """The model's parameters without learner-owned ones (`params["learner"]`)."""
+    return {k: v for k, v in params.items() if k != "learner"}
 
 
 def first_task_signature(config, method: Method) -> dict:
@@ -145,15 +143,11 @@ class ContinualRun:
         self.exp = exp
         cfg = exp.config
         self.T = cfg.data.num_tasks
-        self.tx = make_optimizer(cfg.train)
         sample = np.zeros((1, *exp.data.image_shape), np.float32)
         self.run_state: RunState = mesh_lib.put_replicated(
-            exp.mesh, init_run_state(exp.model, self.tx, jax.random.key(cfg.seed), sample,
-                                          exp.method))
-        self.train_step = make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh)
-        self.first_task_step = (
-            make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh, first_task=True)
-            if exp.method.first_task_loss_fn is not None else self.train_step)
+            exp.mesh, init_run_state(exp.model, cfg.train, jax.random.key(cfg.seed), sample,
+                                     exp.method))
+        self.steps: dict[str, object] = {}  # one compiled train step per loss, built when needed
         self.eval_step = make_eval_step(exp.model, exp.augmentation, exp.mesh)
         self.ckpt = RunCheckpointer(os.path.join(exp.workdir, "checkpoints"),
                                     cfg.checkpoint.max_to_keep)
@@ -200,7 +194,7 @@ class ContinualRun:
         if os.path.exists(path):
             return
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path, {"params": t.params, "batch_stats": t.batch_stats})
+            ckptr.save(path, {"params": model_params(t.params), "batch_stats": t.batch_stats})
         with open(path + ".json", "w") as f:
             json.dump(first_task_signature(self.exp.config, self.exp.method), f, indent=1)
 
@@ -218,23 +212,33 @@ class ContinualRun:
             raise ConfigError(f"config.first_task_from={workdir!r} was trained differently:\n  "
                               + "\n  ".join(diffs))
         t = self.run_state.train
-        target = {"params": t.params, "batch_stats": t.batch_stats}
+        target = {"params": model_params(t.params), "batch_stats": t.batch_stats}
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 restored = ckptr.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                                             target))
         except Exception as e:
             raise CheckpointError(f"{path} is corrupt or does not match this model: {e}") from e
+        restored["params"] = {**t.params, **restored["params"]}  # learner-owned params stay fresh
         self.run_state = self.run_state.replace(train=t.replace(**restored))
 
     # ------------------------------------------------------------------------------ training
-    def train_epoch(self, task: int, epoch: int, indices: np.ndarray, info: TaskInfo) -> None:
+    def train_step(self, loss: str = "main"):
+        """The jitted step of the learner's loss `loss` (compiled once, reused by every task)."""
+        if loss not in self.steps:
+            exp = self.exp
+            self.steps[loss] = make_train_step(exp.model, exp.method, exp.augmentation, exp.mesh,
+                                               loss)
+        return self.steps[loss]
+
+    def train_epoch(self, task: int, epoch: int, indices: np.ndarray, info: TaskInfo,
+                    phase: Phase, phase_epoch: int) -> None:
         cfg, exp = self.exp.config, self.exp
-        lr = learning_rate_at(cfg.train, task, epoch)
+        lr = phase.lr_at(phase_epoch)
         # Host-side edits (lr, optimiser reset, restore) leave arrays without the mesh sharding;
         # re-placing them keeps the step's input types, hence its single compilation.
-        self.run_state = mesh_lib.put_replicated(
-            exp.mesh, self.run_state.replace(train=set_learning_rate(self.run_state.train, lr)))
+        self.run_state = mesh_lib.put_replicated(exp.mesh, self.run_state.replace(
+            train=set_learning_rate(self.run_state.train, lr, phase.trainable)))
         batches = train_batches(indices, cfg.train.batch_size, cfg.seed, task, epoch)
         if not batches:
             raise ConfigError(f"config.train.batch_size={cfg.train.batch_size} exceeds the "
@@ -247,9 +251,10 @@ class ContinualRun:
                                          exp.train_labels[local])
 
         base_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), task), epoch)
-        step = self.first_task_step if task == 0 else self.train_step
+        step = self.train_step(phase.loss)
         pending: list[tuple[int, dict]] = []
-        bar = tqdm(total=len(batches), desc=f"task {task + 1}/{self.T} epoch {epoch + 1}",
+        label = "" if phase.name == "train" else f" {phase.name}"
+        bar = tqdm(total=len(batches), desc=f"task {task + 1}/{self.T}{label} epoch {epoch + 1}",
                    leave=False, disable=not cfg.runtime.progress or None)
         for i, (images, labels) in enumerate(prefetch(feed())):
             self.run_state, metrics = step(self.run_state, images, labels, info,
@@ -361,14 +366,17 @@ class ContinualRun:
             start = time.time()
             if self.epoch == 0:
                 self.run_state = exp.method.begin_task(self.run_state, task)
-                self.run_state = self.run_state.replace(
-                    train=reset_optimizer(self.run_state.train))
-            epochs = epochs_for_task(cfg.train, task)
+            phases = exp.method.phases(cfg.train, task)
+            epochs = sum(p.epochs for p in phases)
             if task == 0 and cfg.first_task_from:
                 self.load_first_task_model(cfg.first_task_from)
                 self.epoch = epochs
             while self.epoch < epochs:
-                self.train_epoch(task, self.epoch, indices, info)
+                p, local = locate(phases, self.epoch)
+                if local == 0:  # a fresh optimiser at every task and phase (methods.md sec. 6)
+                    self.run_state = self.run_state.replace(
+                        train=reset_optimizer(self.run_state.train))
+                self.train_epoch(task, self.epoch, indices, info, phases[p], local)
                 self.epoch += 1
                 if self.epoch % cfg.checkpoint.every_epochs == 0 and self.epoch < epochs:
                     self.save()

@@ -32,35 +32,69 @@ def sgd_weight_decay(learning_rate, momentum, weight_decay):
                        optax.sgd(learning_rate, momentum=momentum))
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    """SGD whose learning rate is array data in the optimiser state (set per epoch, no recompile)."""
-    return optax.inject_hyperparams(sgd_weight_decay)(
+# Parameter groups every learner can freeze or unfreeze by phase (R-DFCIL's gradual unfreezing):
+# the classifier head (and any learner-owned heads), the last stage of the backbone, the rest.
+PARAM_GROUPS = ("head", "last_stage", "backbone")
+
+
+def parameter_groups(params) -> dict:
+    """A label from PARAM_GROUPS for every parameter leaf (the mask tree of `optax.partition`).
+
+    The last stage is every block whose first convolution has the final block's width (one block
+    for backbones without `conv_0`).
+    """
+    blocks = sorted((k for k in params if k.startswith("blocks_")), key=lambda k: int(k[7:]))
+
+    def width(name):
+        conv = params[name].get("conv_0") if isinstance(params[name], dict) else None
+        return None if conv is None else conv["kernel"].shape[-1]
+
+    last_width = width(blocks[-1]) if blocks else None
+    last = {b for b in blocks if last_width is not None and width(b) == last_width}
+    last = last or set(blocks[-1:])
+    labels = {}
+    for k, v in params.items():
+        group = "head" if k in ("head", "learner") else "last_stage" if k in last else "backbone"
+        labels[k] = jax.tree.map(lambda _, g=group: g, v)
+    return labels
+
+
+def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
+    """SGD per parameter group, each with its learning rate as array data in the optimiser state
+    (set per epoch and per phase, no recompilation); a frozen group has learning rate 0."""
+    inner = optax.inject_hyperparams(sgd_weight_decay)(
         learning_rate=train_cfg.lr, momentum=train_cfg.momentum,
         weight_decay=train_cfg.weight_decay)
+    return optax.partition({g: inner for g in PARAM_GROUPS}, parameter_groups(params))
 
 
-def set_learning_rate(state: TrainState, lr: float) -> TrainState:
-    hyper = dict(state.opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(lr, hyper["learning_rate"].dtype)
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+def set_learning_rate(state: TrainState, lr: float, trainable=None) -> TrainState:
+    """Learning rate `lr` for the groups in `trainable` (None: all), 0 for the others."""
+    inner = dict(state.opt_state.inner_states)
+    for g, masked in inner.items():
+        hyper = dict(masked.inner_state.hyperparams)
+        value = lr if trainable is None or g in trainable else 0.0
+        hyper["learning_rate"] = jnp.asarray(value, hyper["learning_rate"].dtype)
+        inner[g] = masked._replace(inner_state=masked.inner_state._replace(hyperparams=hyper))
+    return state.replace(opt_state=state.opt_state._replace(inner_states=inner))
 
 
-def learning_rate_at(train_cfg, task: int, epoch: int) -> float:
-    """Step decay: lr * decay^(number of milestones <= epoch); task 0 may use its own lr."""
-    lr = train_cfg.first_task_lr if task == 0 and train_cfg.first_task_lr > 0 else train_cfg.lr
-    return lr * train_cfg.lr_decay ** sum(epoch >= m for m in train_cfg.lr_milestones)
+def learning_rates(state: TrainState) -> dict:
+    """The current learning rate of every parameter group."""
+    return {g: float(m.inner_state.hyperparams["learning_rate"])
+            for g, m in state.opt_state.inner_states.items()}
 
 
-def epochs_for_task(train_cfg, task: int) -> int:
-    if task == 0 and train_cfg.first_task_epochs > 0:
-        return train_cfg.first_task_epochs
-    return train_cfg.epochs
-
-
-def init_run_state(model, tx, rng, sample_images, method=None) -> RunState:
+def init_run_state(model, train_cfg, rng, sample_images, method=None) -> RunState:
+    """Model, optimiser, frozen teacher copy and the learner's extras (and learner-owned params)."""
     extras_rng = jax.random.fold_in(rng, 1)
     variables = model.init(rng, sample_images, False)
-    params, stats = variables["params"], variables["batch_stats"]
+    params, stats = dict(variables["params"]), variables["batch_stats"]
+    if method is not None:
+        learner = method.init_learner_params(model, jax.random.fold_in(rng, 2), sample_images)
+        if learner:
+            params["learner"] = learner  # ignored by the model's apply, trained by the learner
+    tx = make_optimizer(train_cfg, params)
     train = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats)
     teacher = jax.tree.map(jnp.copy, {"params": params, "batch_stats": stats})
     extras = method.init_extras(model, extras_rng, sample_images) if method is not None else {}

@@ -11,13 +11,13 @@ from dfcl_jax.train.mesh import data_sharding, replicated
 from dfcl_jax.train.state import RunState
 
 
-def make_train_step(model, method, augmentation, mesh, first_task: bool = False):
+def make_train_step(model, method, augmentation, mesh, loss: str = "main"):
     """`step(run, images_uint8, labels, task, rng) -> (run, metrics)`; `run` is donated.
 
-    `first_task=True` builds the step of the learner's `first_task_loss_fn` (if it has one).
+    `loss` names the learner's loss (`Method.loss_for`): one compiled step per loss, shared by
+    every task and phase that uses it (phases differ in array data: learning rates per group).
     """
-    loss_fn = (method.first_task_loss_fn if first_task and method.first_task_loss_fn is not None
-               else method.loss_fn)
+    loss_fn = method.loss_for(loss)
 
     def step(run: RunState, images, labels, task: TaskInfo, rng):
         k_aug, k_loss = jax.random.split(rng)

@@ -1,0 +1,298 @@
+"""PMI (Tong et al., NeurIPS 2025): per-layer model inversion, then full-model refinement.
+
+Given a frozen classifier exposed as blocks `B_1..B_L` and target penultimate features `z`:
+
+1. per-layer phase, from the last block back to the first: optimise the input `x_i` of `B_i` so
+   that `B_i(x_i)` matches `y_i` (`y_L = z` after pooling, `y_i = x_{i+1}*`), with PMI's Gaussian
+   KL on the block's BatchNorms and on the statistics of `x_i` itself (`per_layer_inversion`);
+2. full-model phase: from `x_1*`, Adam on the image against MSE(pool(f(x)), z) + BN-KL over every
+   BatchNorm (`full_model_refinement`).
+
+Every block solve is a `ChunkedLoop` of Adam steps (a jitted `lax.scan`) built once per block and
+cached on the `PMIInverter`, so inverting after every task compiles each block once. Targets are
+solved together, in micro-batches of `micro_batch` along the data axis (one compiled shape for all
+tasks) and, given a mesh, sharded over it (BatchNorm statistics are over the global micro-batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from dfcl_jax.inversion import losses
+from dfcl_jax.inversion.chunked import ChunkedLoop
+from dfcl_jax.models.blocks import BlockClassifier, BNMoments, apply_with_bn_moments
+
+
+@dataclasses.dataclass(frozen=True)
+class PMIConfig:
+    """PMI inversion constants; defaults are the ResNet-32 reference (methods.md 3.3)."""
+
+    block_steps: int = 50  # Adam steps per block
+    block_lr: float = 0.8
+    a_mse: float = 1.0  # feature/activation alignment weight
+    rf_per_block: float = 5.0  # a_rf = rf_per_block * L (reference: 0.25 * 20 = 5, a_rf = 80 at L = 16)
+    input_prior: bool = True  # KL of x_i's channel statistics to the previous block's last BN affine
+    boost: bool = True  # double a term's weight while it exceeds its initial value
+    boost_cap_mse: float = 10.0
+    boost_cap_bn: float = 10.0
+    boost_cap_input: float = 5.0
+    full_steps: int = 160  # full-model refinement steps
+    full_lr: float = 0.4
+    full_warmup: int = 5
+    full_milestones: tuple[int, ...] = (80, 120)
+    full_decay: float = 0.5
+    full_bn: float = 0.25  # BN-KL weight of the full-model phase (summed over all BatchNorms)
+    keep_best: bool = True
+    micro_batch: int = 4000  # targets solved together (memory bound; BN statistics over these)
+    chunk: int = 10  # steps per jitted call
+    unroll: bool = True  # unroll each chunk (XLA:CPU while loops are slow); GPU/TPU: False
+
+    def validate(self) -> None:
+        for f in ("block_lr", "full_lr", "a_mse", "micro_batch", "chunk"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"pmi.{f}={getattr(self, f)} must be > 0")
+        for f in ("block_steps", "full_steps", "full_warmup", "rf_per_block", "full_bn"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"pmi.{f}={getattr(self, f)} must be >= 0")
+        for f in ("boost_cap_mse", "boost_cap_bn", "boost_cap_input"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"pmi.{f}={getattr(self, f)} must be >= 1")
+
+
+class PMIResult(NamedTuple):
+    images: jax.Array  # (N, H, W, C) normalised image space
+    block_curves: list  # per block (first .. last): the per-step total loss of its solve
+    block_terms: list  # per block: {"mse", "bn", "input"} at the first and the kept iterate
+    full_curve: np.ndarray  # per-step loss of the full-model phase (all micro-batches concatenated)
+    feature_mse: float  # MSE(pool(f(images)), z) of the returned images (eval mode)
+    bn_kl: float  # sum over every BatchNorm of kl_pmi, mean over micro-batches
+
+
+def input_prior_moments(x, prior_bn) -> BNMoments:
+    """PMI KL_in: x's channel moments against N(beta, gamma^2) of the previous block's last BN."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    return BNMoments(mean, var, prior_bn["bias"], jnp.square(prior_bn["scale"]))
+
+
+def last_bn_affine(block_params) -> dict:
+    """The affine (scale, bias) of the BatchNorm that ends a block's main branch."""
+    for name in ("bn_1", "bn_0"):
+        if name in block_params and "scale" in block_params[name]:
+            return block_params[name]
+    raise ValueError(f"block has no affine BatchNorm named bn_1/bn_0 (has {sorted(block_params)})")
+
+
+def boosted(weight, base, current, initial, cap: float, enabled: bool):
+    """PMI boost rule: double a term's weight while it exceeds its initial value (at most cap x)."""
+    if not enabled:
+        return weight
+    return jnp.where(current > initial, jnp.minimum(2.0 * weight, cap * base), weight)
+
+
+def full_model_schedule(cfg: PMIConfig) -> optax.Schedule:
+    """Linear warm-up, then x`full_decay` at each milestone (PMI full-model phase)."""
+    boundaries = {m - cfg.full_warmup: cfg.full_decay for m in cfg.full_milestones
+                  if m > cfg.full_warmup}
+    decay = optax.piecewise_constant_schedule(cfg.full_lr, boundaries)
+    if not cfg.full_warmup:
+        return decay
+    # lr * (step + 1) / warmup for the first `full_warmup` steps.
+    warm = optax.linear_schedule(cfg.full_lr / cfg.full_warmup, cfg.full_lr, max(cfg.full_warmup - 1, 1))
+    return optax.join_schedules([warm, decay], [cfg.full_warmup])
+
+
+class PMIInverter:
+    """Per-layer + full-model inversion of one model architecture; compiled solves are cached."""
+
+    def __init__(self, model: BlockClassifier, cfg: PMIConfig = PMIConfig(), mesh=None):
+        cfg.validate()
+        self.model, self.cfg, self.mesh = model, cfg, mesh
+        self.L = len(model.blocks)
+        self.a_rf = cfg.rf_per_block * self.L
+        self._block_loops: dict[int, tuple] = {}
+        self._full_loop = None
+        self.traces: dict[str, int] = {}  # how often each solve was traced (compile-once checks)
+
+    # ------------------------------------------------------------------------ the block losses
+    def block_loss(self, variables, i: int, x, target, weights):
+        """PMI per-layer objective for block i (Sec. 3.3 step 1): (total, base-weighted, terms)."""
+        y, moments = apply_with_bn_moments(self.model, variables, x, i, i + 1, False,
+                                           method=BlockClassifier.run_blocks)
+        if i == self.L - 1:
+            y = self.model.pool_features(y)
+        terms = {"mse": losses.feature_matching(y, target),
+                 "bn": losses.bn_kl_pmi(moments) if moments else jnp.zeros(()),
+                 "input": jnp.zeros(())}
+        if i > 0 and self.cfg.input_prior:
+            prior = last_bn_affine(variables["params"][f"blocks_{i - 1}"])
+            terms["input"] = losses.bn_kl_pmi([input_prior_moments(x, prior)])
+        w_mse, w_bn, w_in = weights
+        total = w_mse * terms["mse"] + self.a_rf * (w_bn * terms["bn"] + w_in * terms["input"])
+        base = self.cfg.a_mse * terms["mse"] + self.a_rf * (terms["bn"] + terms["input"])
+        return total, (base, terms)
+
+    def full_loss(self, variables, x, z, weights):
+        """PMI full-model objective (Sec. 3.3 step 2): MSE to z + full_bn * BN-KL over all BNs."""
+        f, moments = apply_with_bn_moments(self.model, variables, x, False,
+                                           method=BlockClassifier.features)
+        terms = {"mse": losses.feature_matching(f, z), "bn": losses.bn_kl_pmi(moments)}
+        w_mse, w_bn = weights
+        total = w_mse * terms["mse"] + self.cfg.full_bn * w_bn * terms["bn"]
+        base = self.cfg.a_mse * terms["mse"] + self.cfg.full_bn * terms["bn"]
+        return total, (base, terms)
+
+    # ------------------------------------------------------------------------- the solvers
+    def _adam_loop(self, name: str, loss_fn, tx, caps: tuple[float, ...]):
+        """A ChunkedLoop of Adam steps on x with boosted weights and keep-best in the carry."""
+        cfg = self.cfg
+        grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
+
+        keys = ("mse", "bn", "input")[:len(caps)]
+        base_weights = self._base_weights(len(caps))
+
+        def one_step(carry, step, variables, target, _):
+            self.traces[name] = self.traces.get(name, 0) + 1  # runs once per trace
+            x, opt_state, weights, initial, best_x, best = carry
+            (_, (base, terms)), g = grad_fn(variables, x, target, weights)
+            # The first step fixes the reference values of the boost rule.
+            initial = {k: jnp.where(step == 0, terms[k], initial[k]) for k in keys}
+            weights = tuple(boosted(w, b, terms[k], initial[k], cap, cfg.boost)
+                            for w, b, k, cap in zip(weights, base_weights, keys, caps))
+            better = base < best if cfg.keep_best else jnp.asarray(True)
+            best_x = jnp.where(better, x, best_x)
+            best = jnp.where(better, base, best)
+            updates, opt_state = tx.update(g, opt_state, x)
+            x = optax.apply_updates(x, updates)
+            return (x, opt_state, weights, initial, best_x, best), {"loss": base, **terms}
+
+        return ChunkedLoop(one_step, cfg.chunk, cfg.unroll)
+
+    def _base_weights(self, n: int) -> tuple:
+        return (self.cfg.a_mse, 1.0, 1.0)[:n]
+
+    def block_loop(self, i: int):
+        if i not in self._block_loops:
+            tx = optax.adam(self.cfg.block_lr)
+            fn = lambda variables, x, target, w: self.block_loss(variables, i, x, target, w)
+            caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn, self.cfg.boost_cap_input)
+            self._block_loops[i] = (tx, self._adam_loop(f"block_{i}", fn, tx, caps), fn)
+        return self._block_loops[i]
+
+    def full_loop(self):
+        if self._full_loop is None:
+            tx = optax.adam(full_model_schedule(self.cfg))
+            caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn)
+            self._full_loop = (tx, self._adam_loop("full", self.full_loss, tx, caps), self.full_loss)
+        return self._full_loop
+
+    def _solve(self, loop_parts, variables, x0, target, steps: int, n_terms: int, desc: str,
+               progress: bool):
+        tx, loop, fn = loop_parts
+        keys = ("mse", "bn", "input")[:n_terms]
+        weights = tuple(jnp.asarray(w, jnp.float32) for w in self._base_weights(n_terms))
+        initial = {k: jnp.zeros((), jnp.float32) for k in keys}
+        carry = (x0, tx.init(x0), weights, initial, jnp.copy(x0), jnp.asarray(jnp.inf, jnp.float32))
+        carry = self._place(carry, x0.shape[0])
+        carry, history = loop.run(carry, steps, (variables, target, jnp.zeros(())),
+                                  progress=progress, desc=desc)
+        x, _, w, _, best_x, best = carry
+        # Score the iterate after the last update once (keep-best must consider it too).
+        _, (last, terms) = fn(variables, x, target, w)
+        if self.cfg.keep_best:
+            x = jnp.where(last < best, x, best_x)
+        _, (_, terms) = fn(variables, x, target, w)
+        return x, history, terms
+
+    def _place(self, tree, batch: int):
+        """Shard batch-leading leaves over the mesh's data axis, replicate the rest."""
+        if self.mesh is None:
+            return tree
+        from dfcl_jax.train.mesh import data_sharding, replicated
+        dat, rep = data_sharding(self.mesh), replicated(self.mesh)
+        return jax.tree.map(lambda a: jax.device_put(
+            a, dat if getattr(a, "ndim", 0) >= 1 and a.shape[0] == batch else rep), tree)
+
+    def input_shapes(self, variables, image_shape, batch: int) -> list[tuple]:
+        """Shape of the input of every block for a batch of `batch` images."""
+        shapes, x = [], jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+        for i in range(self.L):
+            shapes.append(tuple(x.shape))
+            x = jax.eval_shape(lambda v, a, i=i: self.model.apply(
+                v, a, i, i + 1, False, method=BlockClassifier.run_blocks), variables, x)
+        return shapes
+
+    # --------------------------------------------------------------------------- the phases
+    def per_layer_inversion(self, variables, z, image_shape, rng, progress: bool = True):
+        """PMI Sec. 3.3 step 1: invert blocks L..1 in turn; returns x_1* and per-block records."""
+        shapes = self.input_shapes(variables, image_shape, z.shape[0])
+        target, curves, records = z, [None] * self.L, [None] * self.L
+        for i in tqdm(range(self.L - 1, -1, -1), desc="PMI blocks", leave=False,
+                      disable=not progress or None):
+            k = jax.random.fold_in(rng, i)
+            eps = jax.random.normal(k, shapes[i], jnp.float32)
+            if i == 0:
+                x0 = eps
+            else:
+                prior = last_bn_affine(variables["params"][f"blocks_{i - 1}"])
+                x0 = eps * prior["scale"] + prior["bias"]
+            x, history, terms = self._solve(self.block_loop(i), variables, x0, target,
+                                            self.cfg.block_steps, 3, f"block {i + 1}", False)
+            curves[i] = history.get("loss", np.zeros(0))
+            records[i] = {"first": {k: float(v[0]) for k, v in history.items()} if history else {},
+                          "kept": {k: float(v) for k, v in terms.items()}}
+            target = x
+        return target, curves, records
+
+    def full_model_refinement(self, variables, x0, z, progress: bool = True):
+        """PMI Sec. 3.3 step 2: Adam on the image against feature MSE + BN-KL (keep-best)."""
+        x, history, terms = self._solve(self.full_loop(), variables, x0, z, self.cfg.full_steps,
+                                        2, "PMI full model", progress)
+        return x, history.get("loss", np.zeros(0)), terms
+
+    def micro_batches(self, n: int) -> tuple[int, int]:
+        """(groups, rows per group): rows = `micro_batch` (one compiled shape for every task) or n
+        when n is smaller; the last group is padded with repeated targets."""
+        rows = min(n, self.cfg.micro_batch)
+        return math.ceil(n / rows), rows
+
+    def invert(self, variables, z, image_shape, rng, progress: bool = True) -> PMIResult:
+        """Synthesise one image per target feature (rows of z): per-layer, then full model."""
+        z = jnp.asarray(z, jnp.float32)
+        n = z.shape[0]
+        groups, rows = self.micro_batches(n)
+        padded = jnp.concatenate([z, z[jnp.arange(groups * rows - n) % n]]) if groups * rows > n else z
+        images, full_curves, block_curves, block_terms, bnkl = [], [], None, None, []
+        for g in range(groups):
+            zg = self._place(padded[g * rows:(g + 1) * rows], rows)
+            k = jax.random.fold_in(rng, g)
+            x1, curves, records = self.per_layer_inversion(variables, zg, image_shape, k, progress)
+            x, curve, terms = self.full_model_refinement(variables, x1, zg, progress)
+            images.append(x)
+            full_curves.append(curve)
+            block_curves = block_curves or curves
+            block_terms = block_terms or records
+            bnkl.append(float(terms["bn"]))
+        x = jnp.concatenate(images)[:n]
+        feats = jnp.concatenate([self.model.apply(variables, x[i:i + rows], method=self.model.features)
+                                 for i in range(0, n, rows)])
+        return PMIResult(x, block_curves, block_terms, np.concatenate(full_curves),
+                         float(losses.feature_matching(feats, z)), float(np.mean(bnkl)))
+
+
+def full_model_inversion(inverter: PMIInverter, variables, z, image_shape, rng, steps: int,
+                         progress: bool = True):
+    """Baseline: the full-model phase alone, from N(0, 1) noise, for `steps` steps."""
+    x0 = jax.random.normal(rng, (z.shape[0], *image_shape), jnp.float32)
+    cfg = dataclasses.replace(inverter.cfg, full_steps=steps)
+    plain = PMIInverter(inverter.model, cfg, inverter.mesh)
+    return plain.full_model_refinement(variables, x0, jnp.asarray(z, jnp.float32), progress)

@@ -1,0 +1,101 @@
+"""Replay learners and where their synthetic images come from.
+
+A `ReplayMethod` trains on real new data plus synthetic old data; a `SyntheticSource` makes that
+data and owns its part of the learner's `extras`. `config.method.synthesis` picks the source, so
+any replay learner (ABD, R-DFCIL, DeepInversion-KD, LwF + synthetic) can replay ABD's generator or
+PMI's inverted images ("compatible with various CL strategies").
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import ml_collections
+
+from dfcl_jax.methods.base import Method, StepContext, TaskInfo, plain_ce_loss
+
+SOURCES: dict[str, type[SyntheticSource]] = {}
+
+
+class SyntheticSource:
+    """Makes a replay learner's synthetic old-class data; keeps only what data-free allows."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, method_cfg: ml_collections.ConfigDict, method: Method):
+        self.cfg, self.method = method_cfg, method
+
+    @classmethod
+    def default_config(cls) -> dict:
+        """This source's sub-configs of `config.method` (e.g. {"generator": {...}})."""
+        return {}
+
+    def validate(self) -> None:
+        """Raise ValueError naming `config.method.<sub>.<field>` for bad values."""
+
+    def init_extras(self, model, rng, sample_images) -> dict:
+        """This source's initial extras; sources keep `model` for their end-of-task work."""
+        self.model = model
+        return {}
+
+    def end_task(self, run, task: int, task_data) -> dict:
+        """The new extras after `task` (its real data readable through `task_data`)."""
+        return run.extras
+
+    def batch(self, model, ctx: StepContext, n: int):
+        """`n` synthetic images (normalised space) and their labels, inside the jitted step."""
+        raise NotImplementedError
+
+
+def register_source(cls: type[SyntheticSource]) -> type[SyntheticSource]:
+    SOURCES[cls.name] = cls
+    return cls
+
+
+class ReplayMethod(Method):
+    """Learners that replay synthetic old-class images from `config.method.synthesis`."""
+
+    default_synthesis: ClassVar[str] = "generator"
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+    first_task_term: ClassVar[str] = ""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.synthesis not in SOURCES:
+            raise ValueError(f"config.method.synthesis={cfg.synthesis!r}; allowed: "
+                             f"{', '.join(sorted(SOURCES))}")
+        self.source = SOURCES[cfg.synthesis](cfg, self)
+
+    @classmethod
+    def default_config(cls):
+        cfg = ml_collections.ConfigDict({"synthesis": cls.default_synthesis})
+        for source in sorted(SOURCES):
+            for key, sub in SOURCES[source].default_config().items():
+                cfg[key] = ml_collections.ConfigDict(sub)
+        return cfg
+
+    def validate(self):
+        self.source.validate()
+
+    def init_extras(self, model, rng, sample_images) -> Any:
+        return self.source.init_extras(model, rng, sample_images)
+
+    def end_task(self, run, task, task_data):
+        """Let the source prepare the next task's synthetic data (and its statistics)."""
+        return run.replace(extras=self.source.end_task(run, task, task_data))
+
+    def synthetic_batch(self, model, ctx, n):
+        return self.source.batch(model, ctx, n)
+
+    def sample_synthetic(self, model, run, rng, n: int, n_old: int):
+        """`n` replay images as the learner sees them now (with their labels)."""
+        ctx = StepContext(task=TaskInfo.make(n_old, n_old), teacher=run.teacher, extras=run.extras,
+                          rng=rng)
+        return self.synthetic_batch(model, ctx, n)
+
+    def first_task_loss_fn(self, model, params, batch_stats, images, labels, ctx):
+        """First task (nothing to replay): plain CE on real data, as the references, so the
+        trained first-task model can be shared with `finetune`."""
+        terms = (self.first_task_term,) + tuple(t for t in self.loss_terms
+                                                 if t != self.first_task_term)
+        return plain_ce_loss(model, params, batch_stats, images, labels, ctx, terms)
