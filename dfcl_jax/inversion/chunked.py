@@ -10,6 +10,7 @@ unrolled by default and kept short; on GPU/TPU use `unroll=False` with long chun
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import jax
@@ -26,6 +27,8 @@ class ChunkedLoop:
             raise ValueError(f"chunk={chunk} must be > 0")
         self.step_fn, self.chunk, self.unroll = step_fn, chunk, unroll
         self._compiled: dict[int, Callable] = {}
+        self.last_timing = np.zeros((0, 2))  # (steps done, seconds since the run began) per chunk
+        self.last_history: dict = {}  # the metrics of the last run
 
     def compiled(self, length: int) -> Callable:
         """The jitted chunk of `length` steps (carry donated)."""
@@ -49,12 +52,17 @@ class ChunkedLoop:
         size = min(self.chunk, steps)
         lengths = [size] * (steps // size) + ([steps % size] if steps % size else [])
         history: list = []
+        timing, t0, done = [], time.perf_counter(), 0
         bar = tqdm(total=steps, desc=desc, disable=not progress or None, leave=False)
         for n in lengths:
             carry, metrics = self.compiled(n)(carry, jnp.asarray(start, jnp.int32), *args)
             start += n
             history.append(jax.device_get(metrics))  # one host sync per chunk
+            done += n
+            timing.append((done, time.perf_counter() - t0))
             bar.update(n)
         bar.close()
+        self.last_timing = np.asarray(timing)
         merged = {k: np.concatenate([np.atleast_1d(h[k]) for h in history]) for k in history[0]}
+        self.last_history = merged
         return carry, merged

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import NamedTuple
 
 import jax
@@ -121,6 +122,8 @@ class PMIInverter:
         self.a_rf = cfg.rf_per_block * self.L
         self._block_loops: dict[int, tuple] = {}
         self._full_loop = None
+        self._shapes: dict = {}
+        self._features = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
         self.traces: dict[str, int] = {}  # how often each solve was traced (compile-once checks)
 
     # ------------------------------------------------------------------------ the block losses
@@ -162,18 +165,22 @@ class PMIInverter:
 
         def one_step(carry, step, variables, target, _):
             self.traces[name] = self.traces.get(name, 0) + 1  # runs once per trace
-            x, opt_state, weights, initial, best_x, best = carry
+            x, opt_state, weights, initial, best_x, best, best_terms = carry
             (_, (base, terms)), g = grad_fn(variables, x, target, weights)
             # The first step fixes the reference values of the boost rule.
             initial = {k: jnp.where(step == 0, terms[k], initial[k]) for k in keys}
             weights = tuple(boosted(w, b, terms[k], initial[k], cap, cfg.boost)
                             for w, b, k, cap in zip(weights, base_weights, keys, caps))
+            # Keep-best as the reference: score each iterate before its update (the iterate after
+            # the last update is not scored), by the loss at the base (un-boosted) weights.
             better = base < best if cfg.keep_best else jnp.asarray(True)
             best_x = jnp.where(better, x, best_x)
             best = jnp.where(better, base, best)
+            best_terms = {k: jnp.where(better, terms[k], best_terms[k]) for k in keys}
             updates, opt_state = tx.update(g, opt_state, x)
             x = optax.apply_updates(x, updates)
-            return (x, opt_state, weights, initial, best_x, best), {"loss": base, **terms}
+            carry = (x, opt_state, weights, initial, best_x, best, best_terms)
+            return carry, {"loss": base, **terms}
 
         return ChunkedLoop(one_step, cfg.chunk, cfg.unroll)
 
@@ -201,17 +208,16 @@ class PMIInverter:
         keys = ("mse", "bn", "input")[:n_terms]
         weights = tuple(jnp.asarray(w, jnp.float32) for w in self._base_weights(n_terms))
         initial = {k: jnp.zeros((), jnp.float32) for k in keys}
-        carry = (x0, tx.init(x0), weights, initial, jnp.copy(x0), jnp.asarray(jnp.inf, jnp.float32))
+        best_terms = {k: jnp.zeros((), jnp.float32) for k in keys}
+        carry = (x0, tx.init(x0), weights, initial, jnp.copy(x0), jnp.asarray(jnp.inf, jnp.float32),
+                 best_terms)
         carry = self._place(carry, x0.shape[0])
         carry, history = loop.run(carry, steps, (variables, target, jnp.zeros(())),
                                   progress=progress, desc=desc)
-        x, _, w, _, best_x, best = carry
-        # Score the iterate after the last update once (keep-best must consider it too).
-        _, (last, terms) = fn(variables, x, target, w)
+        x, _, _, _, best_x, _, best_terms = carry
         if self.cfg.keep_best:
-            x = jnp.where(last < best, x, best_x)
-        _, (_, terms) = fn(variables, x, target, w)
-        return x, history, terms
+            return best_x, history, best_terms
+        return x, history, {k: v[-1] for k, v in history.items() if k in keys}
 
     def _place(self, tree, batch: int):
         """Shard batch-leading leaves over the mesh's data axis, replicate the rest."""
@@ -223,7 +229,13 @@ class PMIInverter:
             a, dat if getattr(a, "ndim", 0) >= 1 and a.shape[0] == batch else rep), tree)
 
     def input_shapes(self, variables, image_shape, batch: int) -> list[tuple]:
-        """Shape of the input of every block for a batch of `batch` images."""
+        """Shape of the input of every block for a batch of `batch` images (cached)."""
+        key = (tuple(image_shape), batch)
+        if key not in self._shapes:
+            self._shapes[key] = self._input_shapes(variables, image_shape, batch)
+        return self._shapes[key]
+
+    def _input_shapes(self, variables, image_shape, batch: int) -> list[tuple]:
         shapes, x = [], jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
         for i in range(self.L):
             shapes.append(tuple(x.shape))
@@ -265,6 +277,23 @@ class PMIInverter:
         rows = min(n, self.cfg.micro_batch)
         return math.ceil(n / rows), rows
 
+    def warmup(self, variables, z, image_shape) -> float:
+        """Compile every solve for the micro-batch shape of `z` (one chunk each); returns seconds."""
+        start = time.perf_counter()
+        rows = self.micro_batches(z.shape[0])[1]
+        zg = self._place(jnp.asarray(z[:rows], jnp.float32), rows)
+        shapes = self.input_shapes(variables, image_shape, rows)
+        x, target = None, zg
+        for i in range(self.L - 1, -1, -1):
+            x0 = jnp.full(shapes[i], 0.1, jnp.float32)  # float32, not weakly typed: as in invert()
+            x, _, _ = self._solve(self.block_loop(i), variables, x0, target,
+                                  min(self.cfg.chunk, self.cfg.block_steps), 3, "", False)
+            target = x
+        x, _, _ = self._solve(self.full_loop(), variables, x, zg,
+                              min(self.cfg.chunk, self.cfg.full_steps), 2, "", False)
+        jax.block_until_ready(self._features(variables, x))
+        return time.perf_counter() - start
+
     def invert(self, variables, z, image_shape, rng, progress: bool = True) -> PMIResult:
         """Synthesise one image per target feature (rows of z): per-layer, then full model."""
         z = jnp.asarray(z, jnp.float32)
@@ -283,8 +312,7 @@ class PMIInverter:
             block_terms = block_terms or records
             bnkl.append(float(terms["bn"]))
         x = jnp.concatenate(images)[:n]
-        feats = jnp.concatenate([self.model.apply(variables, x[i:i + rows], method=self.model.features)
-                                 for i in range(0, n, rows)])
+        feats = jnp.concatenate([self._features(variables, x[i:i + rows]) for i in range(0, n, rows)])
         return PMIResult(x, block_curves, block_terms, np.concatenate(full_curves),
                          float(losses.feature_matching(feats, z)), float(np.mean(bnkl)))
 

@@ -48,11 +48,12 @@ class Method:
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
-        self.num_classes, self.num_tasks = 0, 0
+        self.num_classes, self.num_tasks, self.mesh = 0, 0, None
 
-    def bind(self, num_classes: int, num_tasks: int) -> None:
-        """The benchmark's shape (fixes the size of per-class or per-task state in `extras`)."""
-        self.num_classes, self.num_tasks = num_classes, num_tasks
+    def bind(self, num_classes: int, num_tasks: int, mesh=None) -> None:
+        """The benchmark's shape (fixes the size of per-class or per-task state in `extras`) and
+        the device mesh end-of-task work may shard over."""
+        self.num_classes, self.num_tasks, self.mesh = num_classes, num_tasks, mesh
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:

@@ -77,7 +77,7 @@ class PMISource(SyntheticSource):
 
     def init_extras(self, model, rng, sample_images):
         super().init_extras(model, rng, sample_images)
-        self.inverter = PMIInverter(model, self.pmi_config())
+        self.inverter = PMIInverter(model, self.pmi_config(), self.method.mesh)
         variables = model.init(rng, sample_images, False)
         dim = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.features), variables,
                              sample_images).shape[-1]

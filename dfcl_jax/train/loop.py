@@ -119,7 +119,7 @@ def build_experiment(config, workdir: str) -> Experiment:
     aug = Augmentation(tuple(config.data.mean), tuple(config.data.std), a.crop_padding, a.hflip,
                        a.brightness, a.contrast)
     model = build_model(config.model, data.num_classes)
-    method.bind(data.num_classes, config.data.num_tasks)
+    method.bind(data.num_classes, config.data.num_tasks, mesh)
     return Experiment(config, os.path.abspath(workdir), data, splits, train_labels, test_labels,
                       pool, method, model, aug, mesh)
 
