@@ -9,7 +9,10 @@ tiny model, seconds). Data: the Debian package `dataset-fashion-mnist` (gzipped 
 padded to 32x32). CPU budget: a ResNet-14 of widths 8/16/32, 4 epochs per task, 3000 training
 images per class (the full 6000 changes A_N by little and doubles the time); generator-replay
 learners (abd) use a width-32 generator trained for 300 steps of batch 64 per task instead of
-width 128, 10,000 steps of batch 128. See README for the measured numbers and times.
+width 128, 10,000 steps of batch 128. `pmi` (and `rdfcil`) train later tasks in R-DFCIL stages of
+1 (head, lr 0.05) + 1 (+ last stage, 0.05) + 2 (all, 0.02) epochs + 1 epoch of balanced head
+fine-tuning (0.005); PMI inverts 500 + 250 t targets per task in micro-batches of 250 with the
+reference step counts (50 per block, 160 full-model). See README for the measured numbers and times.
 """
 
 from experiments import base
