@@ -112,3 +112,16 @@ def test_config_errors_name_the_field():
         PMIConfig(block_lr=0).validate()
     with pytest.raises(ValueError, match="pmi.boost_cap_mse"):
         PMIConfig(boost_cap_mse=0.5).validate()
+
+
+def test_inputs_after_a_relu_stay_non_negative_with_the_flag(trained_teacher):
+    model, variables = trained_teacher
+    from dfcl_jax.inversion.pmi import ends_in_relu
+
+    assert ends_in_relu(model.blocks[0]) and ends_in_relu(model.blocks[1])
+    inv = PMIInverter(model, dataclasses.replace(CFG, nonneg_after_relu=True))
+    shape = inv.input_shapes(variables, (32, 32, 1), 8)[1]
+    x0 = jax.random.normal(jax.random.key(0), shape)
+    target = jax.random.normal(jax.random.key(1), inv.input_shapes(variables, (32, 32, 1), 8)[2])
+    x, _, _ = inv._solve(inv.block_loop(1), variables, x0, target, 6, 3, "", False)
+    assert float(x.min()) >= 0.0 and float(x.max()) > 0.0

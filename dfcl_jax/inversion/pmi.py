@@ -52,6 +52,9 @@ class PMIConfig:
     full_decay: float = 0.5
     full_bn: float = 0.25  # BN-KL weight of the full-model phase (summed over all BatchNorms)
     keep_best: bool = True
+    # Keep a block's input >= 0 when the previous block ends in a ReLU (its output can be nothing
+    # else); the reference leaves it unconstrained. The initialisation is rectified as well.
+    nonneg_after_relu: bool = False
     micro_batch: int = 4000  # targets solved together (memory bound; BN statistics over these)
     chunk: int = 10  # steps per jitted call
     unroll: bool = True  # unroll each chunk (XLA:CPU while loops are slow); GPU/TPU: False
@@ -91,6 +94,11 @@ def last_bn_affine(block_params) -> dict:
         if name in block_params and "scale" in block_params[name]:
             return block_params[name]
     raise ValueError(f"block has no affine BatchNorm named bn_1/bn_0 (has {sorted(block_params)})")
+
+
+def ends_in_relu(block) -> bool:
+    """Whether a block's output passes a ReLU last (stems and BasicBlocks unless last_relu=False)."""
+    return bool(getattr(block, "last_relu", type(block).__name__ == "StemBlock"))
 
 
 def boosted(weight, base, current, initial, cap: float, enabled: bool):
@@ -155,7 +163,7 @@ class PMIInverter:
         return total, (base, terms)
 
     # ------------------------------------------------------------------------- the solvers
-    def _adam_loop(self, name: str, loss_fn, tx, caps: tuple[float, ...]):
+    def _adam_loop(self, name: str, loss_fn, tx, caps: tuple[float, ...], nonneg: bool = False):
         """A ChunkedLoop of Adam steps on x with boosted weights and keep-best in the carry."""
         cfg = self.cfg
         grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
@@ -179,6 +187,8 @@ class PMIInverter:
             best_terms = {k: jnp.where(better, terms[k], best_terms[k]) for k in keys}
             updates, opt_state = tx.update(g, opt_state, x)
             x = optax.apply_updates(x, updates)
+            if nonneg:  # the input of a block that follows a ReLU: stay in the reachable set
+                x = jnp.maximum(x, 0.0)
             carry = (x, opt_state, weights, initial, best_x, best, best_terms)
             return carry, {"loss": base, **terms}
 
@@ -192,7 +202,8 @@ class PMIInverter:
             tx = optax.adam(self.cfg.block_lr)
             fn = lambda variables, x, target, w: self.block_loss(variables, i, x, target, w)
             caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn, self.cfg.boost_cap_input)
-            self._block_loops[i] = (tx, self._adam_loop(f"block_{i}", fn, tx, caps), fn)
+            nonneg = self.cfg.nonneg_after_relu and i > 0 and ends_in_relu(self.model.blocks[i - 1])
+            self._block_loops[i] = (tx, self._adam_loop(f"block_{i}", fn, tx, caps, nonneg), fn)
         return self._block_loops[i]
 
     def full_loop(self):
@@ -257,6 +268,8 @@ class PMIInverter:
             else:
                 prior = last_bn_affine(variables["params"][f"blocks_{i - 1}"])
                 x0 = eps * prior["scale"] + prior["bias"]
+                if self.cfg.nonneg_after_relu and ends_in_relu(self.model.blocks[i - 1]):
+                    x0 = jnp.maximum(x0, 0.0)
             x, history, terms = self._solve(self.block_loop(i), variables, x0, target,
                                             self.cfg.block_steps, 3, f"block {i + 1}", False)
             curves[i] = history.get("loss", np.zeros(0))
