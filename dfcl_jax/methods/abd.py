@@ -3,11 +3,10 @@ on stop-gradient features and importance-weighted feature distillation (ABD Eq. 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
-from dfcl_jax.methods.base import register, require_positive, teacher_forward
+from dfcl_jax.methods.base import register, require_positive
 from dfcl_jax.methods.replay import ReplayMethod
 from dfcl_jax.models.heads import class_range_mask, mask_logits
 
@@ -57,16 +56,12 @@ class ABD(ReplayMethod):
     def loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """ABD Eq. 15: local CE (real) + FT-CE (real + synthetic) + KD (real + synthetic)."""
         n_old, n_seen = ctx.task.n_old, ctx.task.n_seen
-        x_syn, y_syn = self.synthetic_batch(model, ctx, images.shape[0])
-        x, y = jnp.concatenate([images, x_syn]), jnp.concatenate([labels, y_syn])
-        (f, logits), st = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
-                                      method=model.features_and_logits, mutable=["batch_stats"])
-        head = model.apply({"params": params}, jax.lax.stop_gradient(f), method=model.classify)
-        old_f, _ = teacher_forward(model, ctx.teacher, x)
+        y, f, logits, head, stats, old_f, _ = self.replay_forward(model, params, batch_stats, images,
+                                                                  labels, ctx)
         w = task_balancing_weights(y, n_old, n_seen)
         b = images.shape[0]
         lce = local_ce(logits[:b], labels, w[:b], n_old, n_seen)
         fce = ft_ce(head, y, w, n_seen, self.cfg.ft_all_logits)
         kd = importance_weighted_feature_kd(f, old_f, ctx.teacher["params"]["head"]["kernel"], n_old)
         total = lce + fce + self.cfg.kd_weight * kd
-        return total, (st["batch_stats"], {"local_ce": lce, "ft_ce": fce, "kd": kd})
+        return total, (stats, {"local_ce": lce, "ft_ce": fce, "kd": kd})

@@ -111,12 +111,8 @@ class RDFCIL(ReplayMethod):
         """R-DFCIL: localCE(real) + L1-KD(synthetic) + angle-RKD(real) + FT-CE(real + synthetic)."""
         c, n_old, n_seen = self.cfg, ctx.task.n_old, ctx.task.n_seen
         alpha, beta = rdfcil_factors(n_old, n_seen - n_old)
-        x_syn, y_syn = self.synthetic_batch(model, ctx, images.shape[0])
-        x, y = jnp.concatenate([images, x_syn]), jnp.concatenate([labels, y_syn])
-        (f, logits), st = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
-                                      method=model.features_and_logits, mutable=["batch_stats"])
-        head = model.apply({"params": params}, jax.lax.stop_gradient(f), method=model.classify)
-        t_f, t_logits = teacher_forward(model, ctx.teacher, x)
+        y, f, logits, head, stats, t_f, t_logits = self.replay_forward(model, params, batch_stats,
+                                                                       images, labels, ctx)
         b = images.shape[0]
         ones = jnp.ones_like(y, jnp.float32)
         terms = {
@@ -130,7 +126,7 @@ class RDFCIL(ReplayMethod):
         rkd, ft = c.rkd * alpha * beta * terms["rkd"], c.ft_ce * w_ce * terms["ft_ce"]
         total = (c.local_ce * w_ce * terms["local_ce"] + c.l1_kd * alpha * beta * terms["l1_kd"]
                  + (rkd * ft if c.multiply_quirk else rkd + ft))
-        return total, (st["batch_stats"], terms)
+        return total, (stats, terms)
 
     def head_ft_loss_fn(self, model, params, batch_stats, images, labels, ctx):
         """Class-balanced head fine-tuning: weighted CE (real + synthetic) + L1-KD (synthetic).

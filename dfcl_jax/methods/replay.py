@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from dfcl_jax.methods.base import Method, StepContext, TaskInfo, plain_ce_loss
+from dfcl_jax.methods.base import Method, StepContext, TaskInfo, plain_ce_loss, teacher_forward
 
 SOURCES: dict[str, type[SyntheticSource]] = {}
 
@@ -86,6 +88,21 @@ class ReplayMethod(Method):
 
     def synthetic_batch(self, model, ctx, n):
         return self.source.batch(model, ctx, n)
+
+    def replay_forward(self, model, params, batch_stats, images, labels, ctx):
+        """Real + equally many synthetic images through the student (train mode), its head on
+        stop-gradient features, and the frozen teacher: the inputs of ABD's and R-DFCIL's losses.
+
+        Returns (labels of real + synthetic, features, logits, head logits, new batch_stats,
+        teacher features, teacher logits).
+        """
+        x_syn, y_syn = self.synthetic_batch(model, ctx, images.shape[0])
+        x, y = jnp.concatenate([images, x_syn]), jnp.concatenate([labels, y_syn])
+        (f, logits), st = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
+                                      method=model.features_and_logits, mutable=["batch_stats"])
+        head = model.apply({"params": params}, jax.lax.stop_gradient(f), method=model.classify)
+        t_f, t_logits = teacher_forward(model, ctx.teacher, x)
+        return y, f, logits, head, st["batch_stats"], t_f, t_logits
 
     def sample_synthetic(self, model, run, rng, n: int, n_old: int):
         """`n` replay images as the learner sees them now (with their labels)."""
