@@ -61,7 +61,7 @@ def test_each_block_solve_compiles_once_and_is_reused(trained_teacher, targets):
              "batch_stats": variables["batch_stats"]}  # "the next task's model": new values only
     inv.invert(other, targets[::-1], (32, 32, 1), jax.random.key(1), progress=False)
     assert inv.traces == {f"block_{i}": 1 for i in range(len(model.blocks))} | {"full": 1}
-    for _, loop, _ in [*inv._block_loops.values(), inv._full_loop]:
+    for _, loop in [*inv._block_loops.values(), inv._full_loop]:
         assert all(f._cache_size() == 1 for f in loop._compiled.values())
 
 

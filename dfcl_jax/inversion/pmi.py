@@ -203,19 +203,19 @@ class PMIInverter:
             fn = lambda variables, x, target, w: self.block_loss(variables, i, x, target, w)
             caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn, self.cfg.boost_cap_input)
             nonneg = self.cfg.nonneg_after_relu and i > 0 and ends_in_relu(self.model.blocks[i - 1])
-            self._block_loops[i] = (tx, self._adam_loop(f"block_{i}", fn, tx, caps, nonneg), fn)
+            self._block_loops[i] = (tx, self._adam_loop(f"block_{i}", fn, tx, caps, nonneg))
         return self._block_loops[i]
 
     def full_loop(self):
         if self._full_loop is None:
             tx = optax.adam(full_model_schedule(self.cfg))
             caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn)
-            self._full_loop = (tx, self._adam_loop("full", self.full_loss, tx, caps), self.full_loss)
+            self._full_loop = (tx, self._adam_loop("full", self.full_loss, tx, caps))
         return self._full_loop
 
     def _solve(self, loop_parts, variables, x0, target, steps: int, n_terms: int, desc: str,
                progress: bool):
-        tx, loop, fn = loop_parts
+        tx, loop = loop_parts
         keys = ("mse", "bn", "input")[:n_terms]
         weights = tuple(jnp.asarray(w, jnp.float32) for w in self._base_weights(n_terms))
         initial = {k: jnp.zeros((), jnp.float32) for k in keys}
