@@ -78,8 +78,8 @@ class PMISource(SyntheticSource):
     def init_extras(self, model, rng, sample_images):
         super().init_extras(model, rng, sample_images)
         self.inverter = PMIInverter(model, self.pmi_config(), self.method.mesh)
-        variables = model.init(rng, sample_images, False)
-        dim = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.features), variables,
+        self._features = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
+        dim = jax.eval_shape(lambda x: model.init_with_output(rng, x, False, method=model.features)[0],
                              sample_images).shape[-1]
         c = max(self.method.num_classes, 1)
         return {"feature_model": {"mean": jnp.zeros((c, dim)), "std": jnp.zeros((c, dim)),
@@ -91,9 +91,8 @@ class PMISource(SyntheticSource):
     # ------------------------------------------------------------------------ end of a task
     def features(self, variables, images) -> np.ndarray:
         """Penultimate features (eval mode) of normalised images, in batches."""
-        fn = jax.jit(lambda v, x: self.model.apply(v, x, method=self.model.features))
         b = self.cfg.pmi.feature_batch
-        return np.concatenate([np.asarray(fn(variables, images[i:i + b]))
+        return np.concatenate([np.asarray(self._features(variables, images[i:i + b]))
                                for i in range(0, len(images), b)])
 
     def fit_classes(self, feature_model, rng, feats, labels, classes) -> dict:
