@@ -1,0 +1,249 @@
+"""Run a grid of methods x task counts x class-order seeds into one root, resumably.
+
+    python -m experiments.sweep --config=experiments/fashion_mnist.py \
+        --methods=joint,finetune,abd,pmi --seeds=0,1,2 --root=runs/fmnist_table
+    python -m experiments.sweep --config='experiments/cifar100_{method}.py' --methods=abd,lwf \
+        --tasks=5,10 --seeds=0,1,2 --root=runs/cifar100 --set=data.data_dir=/data/tfds
+
+Each cell is `python -m experiments.run` in its own process, in `ROOT/<method>_T<tasks>_s<seed>`.
+Finished cells (results.json with every task) are skipped; interrupted ones resume from their
+last checkpoint. `joint` cells run first, so the other cells of the same task count and seed get
+`upper_bound_workdir` (Omega). A cell starts from the trained first-task model of an earlier cell
+of the same seed when `first_task_signature` agrees (same data, model, train schedule and
+first-task loss), so e.g. finetune, lwf, abd and pmi share task 1. The choice is recorded in the
+cell's config, so a resumed sweep makes the same one. `ROOT/sweep.json` records each cell's status
+and wall time; at the end `experiments.report` writes the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Cell:
+    method: str
+    tasks: int
+    seed: int
+    config_file: str
+    config_arg: str
+    workdir: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.workdir)
+
+
+def parse_config_spec(spec: str) -> tuple[str, str]:
+    """`path.py[:args]` -> (path, args)."""
+    path, _, arg = spec.partition(":")
+    return path, arg
+
+
+def load_config(path: str, arg: str):
+    """The ConfigDict of `get_config(arg)` in the config file `path`."""
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    if spec is None or not os.path.exists(path):
+        raise SystemExit(f"error: --config file {path!r} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+    """`--set=a.b=value` on the in-process copy of a cell's config (for its signature)."""
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise SystemExit(f"error: --set={item!r} must be FIELD=VALUE")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        *parents, leaf = key.split(".")
+        target = config
+        try:
+            for p in parents:
+                target = target[p]
+            if isinstance(target[leaf], tuple) and isinstance(value, (list, tuple, int, float)):
+                value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            target[leaf] = value
+        except (KeyError, AttributeError, TypeError) as e:
+            raise SystemExit(f"error: --set={item!r}: {e}") from None
+
+
+def build_grid(config: str, methods: list[str], tasks: list[int | None], seeds: list[int],
+               root: str) -> list[Cell]:
+    """Cells in run order: per task count, `joint` first, then the methods as given; each
+    method over all seeds before the next (an interrupted sweep leaves whole table rows)."""
+    path, base_arg = parse_config_spec(config)
+    order = sorted(methods, key=lambda m: m != "joint")
+    cells = []
+    for t in tasks:
+        for m in order:
+            for s in seeds:
+                if "{method}" in path:
+                    file, args = path.format(method=m), []
+                else:
+                    file, args = path, [f"method={m}"]
+                args += [f"seed={s}"] + ([f"tasks={t}"] if t is not None else [])
+                arg = ",".join(filter(None, [base_arg] + args))
+                n_tasks = load_config(file, arg).data.num_tasks  # bad arguments fail here
+                cells.append(Cell(m, n_tasks, s, file, arg,
+                                  os.path.join(root, f"{m}_T{n_tasks}_s{s}")))
+    return cells
+
+
+def is_finished(workdir: str) -> bool:
+    p = os.path.join(workdir, "results.json")
+    if not os.path.exists(p):
+        return False
+    with open(p) as f:
+        r = json.load(f)
+    return r["tasks_done"] == r["num_tasks"]
+
+
+def signature(cell: Cell, overrides: list[str]) -> dict:
+    """What must agree for two cells to share a first-task model (the loop's own rule)."""
+    from dfcl_jax.methods import get_method
+    from dfcl_jax.train.loop import first_task_signature
+
+    c = load_config(cell.config_file, cell.config_arg)
+    apply_overrides(c, overrides)
+    return first_task_signature(c, get_method(c.method))
+
+
+def links_of(cell: Cell, cells: list[Cell], overrides: list[str], sigs: dict) -> dict:
+    """`first_task_from` and `upper_bound_workdir` for `cell` (kept from its config if resumed)."""
+    saved = os.path.join(cell.workdir, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            c = json.load(f)
+        return {"first_task_from": c.get("first_task_from", ""),
+                "upper_bound_workdir": c.get("upper_bound_workdir", "")}
+    out = {"first_task_from": "", "upper_bound_workdir": ""}
+    joint = [c for c in cells if c.method == "joint" and c.tasks == cell.tasks
+             and c.seed == cell.seed and c is not cell]
+    if cell.method != "joint" and joint and is_finished(joint[0].workdir):
+        out["upper_bound_workdir"] = joint[0].workdir
+    for donor in cells:
+        if donor is cell:
+            break
+        if donor.seed != cell.seed or not os.path.exists(
+                os.path.join(donor.workdir, "first_task_model.json")):
+            continue
+        if sigs.setdefault(donor.name, signature(donor, overrides)) == \
+                sigs.setdefault(cell.name, signature(cell, overrides)):
+            out["first_task_from"] = donor.workdir
+            break
+    return out
+
+
+def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> int:
+    cmd = [sys.executable, "-m", "experiments.run",
+           f"--config={cell.config_file}:{cell.config_arg}", f"--workdir={cell.workdir}",
+           "--config.runtime.progress=False"]
+    cmd += [f"--config.{k}={v}" for k, v in links.items() if v]
+    cmd += [f"--config.{o}" for o in overrides]
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        return subprocess.call(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
+
+
+def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[int], root: str,
+          overrides: list[str] = (), report: bool = True) -> dict:
+    """Run every unfinished cell; returns the sweep state written to ROOT/sweep.json."""
+    root = os.path.abspath(root)
+    os.makedirs(root, exist_ok=True)
+    cells = build_grid(config, methods, tasks, seeds, root)
+    state_path = os.path.join(root, "sweep.json")
+    state = {"config": config, "methods": methods, "tasks": tasks, "seeds": seeds,
+             "overrides": list(overrides), "cells": {}}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state["cells"] = json.load(f).get("cells", {})
+    sigs: dict = {}
+    for i, cell in enumerate(cells):
+        entry = state["cells"].setdefault(cell.name, {"method": cell.method, "tasks": cell.tasks,
+                                                      "seed": cell.seed, "wall_s": 0.0})
+        if is_finished(cell.workdir):
+            entry["status"] = "done"
+            print(f"[{i + 1}/{len(cells)}] {cell.name}: finished, skipped", flush=True)
+            continue
+        links = links_of(cell, cells, list(overrides), sigs)
+        shared = f" (task 1 from {os.path.basename(links['first_task_from'])})" \
+            if links["first_task_from"] else ""
+        print(f"[{i + 1}/{len(cells)}] {cell.name}: running{shared}", flush=True)
+        start = time.time()
+        os.makedirs(cell.workdir, exist_ok=True)
+        rc = None
+        try:
+            rc = run_cell(cell, links, list(overrides), os.path.join(cell.workdir, "sweep.log"))
+        finally:  # an interrupted cell keeps the time it ran (the next sweep adds the rest)
+            entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - start, 1)
+            if rc is None:
+                entry["status"] = "interrupted"
+                with open(state_path, "w") as f:
+                    json.dump(state, f, indent=1)
+        entry["status"] = "done" if rc == 0 and is_finished(cell.workdir) else f"failed (rc {rc})"
+        entry.update(links)
+        print(f"    {entry['status']} in {time.time() - start:.0f} s"
+              + ("" if rc == 0 else f"; see {cell.workdir}/sweep.log"), flush=True)
+        with open(state_path, "w") as f:
+            json.dump(state, f, indent=1)
+    with open(state_path, "w") as f:
+        json.dump(state, f, indent=1)
+    if report:
+        from experiments.report import write_report
+
+        write_report(root)
+    return state
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True,
+                   help="config file[:args]; '{method}' in the path is replaced by each method, "
+                        "otherwise method=<name> is passed as a config argument")
+    p.add_argument("--methods", required=True, help="comma-separated learner names")
+    p.add_argument("--seeds", default="0,1,2", help="class-order trials / run seeds")
+    p.add_argument("--tasks", default="", help="task counts (default: the config's own)")
+    p.add_argument("--root", required=True, help="directory holding one workdir per cell")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config override for every cell (as --config.FIELD=VALUE)")
+    p.add_argument("--no-report", action="store_true")
+    a = p.parse_args(argv)
+    from dfcl_jax.methods import METHODS
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {', '.join(unknown)}; allowed: "
+                         f"{', '.join(sorted(METHODS))}")
+    tasks = int_list(a.tasks) or [None]
+    state = sweep(a.config, methods, tasks, int_list(a.seeds), a.root, a.set, not a.no_report)
+    failed = [k for k, v in state["cells"].items() if v.get("status") != "done"]
+    if failed:
+        print(f"{len(failed)} cell(s) not finished: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
