@@ -230,12 +230,10 @@ def table(out) -> str:
 
 
 def plot(path, curves, per_layer_s):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax, ax2 = fig.subplots(1, 2)
     for name in ("pmi", "full_model"):
         t, v = curves[name]
         ax.plot(t, v, label=name)
@@ -250,7 +248,6 @@ def plot(path, curves, per_layer_s):
     ax2.set_ylabel("ABD generator loss")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

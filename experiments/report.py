@@ -162,16 +162,14 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 def plot_accuracy_curves(path: str, runs: list[dict]) -> None:
     """Accuracy over the seen classes after each task, mean +- std over seeds, per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     done = [r for r in runs if r["finished"]]
     tables = sorted({(r["dataset"], r["num_tasks"]) for r in done})
     if not tables:
         return
-    fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.5), squeeze=False)
+    fig = Figure(figsize=(6.5 * len(tables), 4.5))
+    axes = fig.subplots(1, len(tables), squeeze=False)
     for ax, (dataset, T) in zip(axes[0], tables):
         methods = sorted({r["method"] for r in done if (r["dataset"], r["num_tasks"]) ==
                           (dataset, T)},
@@ -193,7 +191,6 @@ def plot_accuracy_curves(path: str, runs: list[dict]) -> None:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def last_synthetic_grid(workdir: str) -> str | None:
@@ -212,21 +209,18 @@ def plot_synthetic_grids(path: str, runs: list[dict]) -> bool:
             picks[r["method"]] = grid
     if not picks:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     methods = sorted(picks, key=lambda m: (ROW_ORDER.index(m) if m in ROW_ORDER else 99, m))
-    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 5), squeeze=False)
+    fig = Figure(figsize=(5 * len(methods), 5))
+    axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, m in zip(axes[0], methods):
         ax.imshow(mpimg.imread(picks[m]))
         ax.set_title(f"{LABELS.get(m, m)} ({os.path.basename(picks[m])[:-4]})", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 

@@ -33,15 +33,13 @@ def mmd_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None) -
 
 def plot_embeddings(path: str, groups: dict[str, np.ndarray], title: str = "") -> None:
     """2-D PCA of feature groups (e.g. real-old, real-new, synthetic-old), one colour each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     allf = np.concatenate([np.asarray(g, np.float64) for g in groups.values()])
     centre = allf.mean(0)
     _, _, vt = np.linalg.svd(allf - centre, full_matrices=False)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
     for name, g in groups.items():
         xy = (np.asarray(g, np.float64) - centre) @ vt[:2].T
         ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5, label=f"{name} ({len(g)})")
@@ -51,20 +49,17 @@ def plot_embeddings(path: str, groups: dict[str, np.ndarray], title: str = "") -
     ax.legend(fontsize=8, markerscale=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_image_grid(path: str, images: np.ndarray, labels=None, columns: int = 10,
                     title: str = "") -> None:
     """A grid of images in [0, 1] (NHWC), optionally titled by label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     images = np.clip(np.asarray(images), 0, 1)
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.95 + 0.3))
+    fig = Figure(figsize=(columns * 0.9, rows * 0.95 + 0.3))
+    axes = fig.subplots(rows, columns)
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if i < len(images):
@@ -76,4 +71,3 @@ def plot_image_grid(path: str, images: np.ndarray, labels=None, columns: int = 1
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -51,14 +51,12 @@ def summary_markdown(results: dict) -> str:
 
 def plot_accuracy(path: str, results: dict) -> None:
     """Accuracy on each task after each training step, plus accuracy over all seen classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     R = np.array([[np.nan if v is None else v for v in row] for row in results["accuracy_matrix"]])
     T = R.shape[0]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     steps = np.arange(1, T + 1)
     for i in range(T):
         ax.plot(steps, 100 * R[i], marker="o", lw=1, alpha=0.7, label=f"task {i + 1}")
@@ -73,4 +71,3 @@ def plot_accuracy(path: str, results: dict) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
