@@ -12,7 +12,8 @@ last checkpoint. `joint` cells run first, so the other cells of the same task co
 of the same seed when `first_task_signature` agrees (same data, model, train schedule and
 first-task loss), so e.g. finetune, lwf, abd and pmi share task 1. The choice is recorded in the
 cell's config, so a resumed sweep makes the same one. `ROOT/sweep.json` records each cell's status
-and wall time; at the end `experiments.report` writes the tables.
+and wall time; at the end `experiments.report` writes the tables. Compiled XLA programs are
+cached in `ROOT/.jax_cache` (`JAX_COMPILATION_CACHE_DIR`), so later cells skip most compiling.
 """
 
 from __future__ import annotations
@@ -150,6 +151,11 @@ def links_of(cell: Cell, cells: list[Cell], overrides: list[str], sigs: dict) ->
 
 
 def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> int:
+    """One cell as its own `experiments.run` process; XLA's compiled programs are cached on disk
+    under the sweep root, so cells with the same shapes (e.g. other seeds) skip compilation."""
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                   os.path.join(os.path.dirname(cell.workdir), ".jax_cache"))
     cmd = [sys.executable, "-m", "experiments.run",
            f"--config={cell.config_file}:{cell.config_arg}", f"--workdir={cell.workdir}",
            "--config.runtime.progress=False"]
@@ -158,7 +164,7 @@ def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> in
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.call(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.call(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[int], root: str,
