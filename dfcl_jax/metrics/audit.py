@@ -396,7 +396,8 @@ def _latest_location(workdir: str) -> str | None:
 
 def format_report(report: dict) -> str:
     """The audit as Markdown."""
-    lines = [f"# Data-free audit: {report['method']} ({'data-free' if report['data_free'] else 'stores real data'})",
+    kind = "data-free" if report["data_free"] else "stores real data"
+    lines = [f"# Data-free audit: {report['method']} ({kind})",
              "", f"Verdict: **{report['verdict']}**", ""]
     if report.get("exception"):
         lines += [report["exception"], ""]
