@@ -315,6 +315,8 @@ def audit_run(workdir: str, *, strict: bool = False, num_synthetic: int = 256,
 
     workdir = os.path.abspath(workdir)
     config = _load_config(workdir)
+    # Other runs it started from or compares with are not part of this run's artefacts.
+    config.first_task_from, config.upper_bound_workdir = "", ""
     exp = build_experiment(config, workdir)
     data, method = exp.data, exp.method
     mean, std = tuple(config.data.mean), tuple(config.data.std)
