@@ -16,6 +16,7 @@ part the classes are contiguous and every class's exemplars keep their priority 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import ClassVar
 
 import jax
@@ -38,6 +39,7 @@ from dfcl_jax.models.heads import class_range_mask, mask_logits
 from dfcl_jax.train.schedule import Phase, default_phases
 
 SELECTIONS = ("herding", "random")
+log = logging.getLogger("dfcl_jax")
 
 
 # ----------------------------------------------------------------------------- selection
@@ -453,6 +455,8 @@ class BiC(DistillingCoresetMethod):
                                      self.task_of_class(logits.shape[-1]))
         self.last_bias_fit = {"task": task, "alpha": float(alpha), "beta": float(beta),
                               "val_size": len(y)}
+        log.info("BiC task %d: bias layer alpha=%.4f beta=%.4f on %d held-out images", task,
+                 float(alpha), float(beta), len(y))
         b = run.extras["bias"]
         return {"alpha": b["alpha"].at[task].set(alpha), "beta": b["beta"].at[task].set(beta)}
 
