@@ -18,7 +18,7 @@ from dfcl_jax.data.stand_in import class_images
 from dfcl_jax.methods import METHODS, get_method, method_config
 from dfcl_jax.methods.coreset import coreset_by_class, fit_bias_layer, herding_selection
 from dfcl_jax.methods.finetune import Finetune
-from dfcl_jax.metrics.audit import RealImages, audit_run, memorisation
+from dfcl_jax.metrics.audit import RealImages, audit_run, image_rows, memorisation
 from dfcl_jax.models.resnet import cifar_resnet
 from dfcl_jax.train.loop import ContinualRun, TaskData, build_experiment, train_and_evaluate
 from dfcl_jax.train.state import init_run_state
@@ -260,3 +260,13 @@ def test_memorisation_ratio_separates_copies_from_novel_images():
     mem_novel = memorisation(novel, real, rng)
     assert mem_copy["memorisation_ratio"] < 0.2 < 1.0 < mem_novel["memorisation_ratio"]
     np.testing.assert_array_equal(mem_copy["_nearest"], np.arange(20))
+
+
+def test_image_shaped_arrays_are_recognised_and_kernels_are_not():
+    shape = (32, 32, 1)
+    assert image_rows(np.zeros((5, 32, 32, 1)), shape).shape == (5, 32, 32, 1)
+    assert image_rows(np.zeros((2, 3, 32, 32, 1)), shape).shape == (6, 32, 32, 1)
+    assert image_rows(np.zeros((5, 32, 32)), shape).shape == (5, 32, 32, 1)
+    assert image_rows(np.zeros((5, 1024), np.uint8), shape).shape == (5, 32, 32, 1)
+    for not_images in ((3, 3, 32, 32), (32, 32), (1024,), (10, 32)):
+        assert image_rows(np.zeros(not_images), shape) is None

@@ -115,11 +115,13 @@ def image_rows(arr: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray
     h, w, c = image_shape
     if arr.dtype.kind not in "biuf" or arr.size == 0:
         return None
+    # (..., H, W, C) stacks; for single-channel data also (N, H, W) and flattened (N, H*W*C)
+    # rows, with exactly that rank (a (3, 3, 32, 32) convolution kernel is not 9 images).
     if arr.ndim >= 3 and tuple(arr.shape[-3:]) == (h, w, c):
         return arr.reshape(-1, h, w, c)
-    if c == 1 and arr.ndim >= 3 and tuple(arr.shape[-2:]) == (h, w):
+    if c == 1 and arr.ndim == 3 and tuple(arr.shape[-2:]) == (h, w):
         return arr.reshape(-1, h, w, 1)
-    if arr.ndim >= 2 and arr.shape[-1] == h * w * c:
+    if arr.ndim == 2 and arr.shape[-1] == h * w * c:
         return arr.reshape(-1, h, w, c)
     return None
 
