@@ -120,5 +120,11 @@ def shrink_to_smoke(config: ml_collections.ConfigDict) -> None:
     if "head_epochs" in config.method:  # R-DFCIL stages: one epoch each
         for stage in ("head", "last_stage", "all", "head_ft"):
             config.method[f"{stage}_epochs"] = 1
+    if "coreset" in config.method:  # coreset baselines: a 40-image buffer (trimmed each task)
+        config.method.coreset.size = 40
+        if "balanced_epochs" in config.method:
+            config.method.balanced_epochs = 1
+        if "bias_steps" in config.method:
+            config.method.bias_steps = 50
     if "vae" in config.method:  # deep generative replay: a tiny VAE for a few steps
         config.method.vae.update({"steps": 4, "width": 8, "batch_size": 16, "z_dim": 8})

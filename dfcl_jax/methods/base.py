@@ -36,6 +36,9 @@ class StepContext:
     teacher: Any  # frozen previous model {"params", "batch_stats"}
     extras: Any  # the learner's own persistent state (generator, feature statistics, ...)
     rng: jax.Array
+    # uint8 images -> augmented, normalised images (the step's `Augmentation`): lets learners that
+    # keep real images (coreset baselines) augment them as the real batch. None outside the step.
+    augment: Any = struct.field(pytree_node=False, default=None)
 
 
 class Method:
@@ -93,6 +96,21 @@ class Method:
         if fn is None:
             raise ValueError(f"learner {self.name!r} has no {name!r} loss")
         return fn
+
+    def training_subset(self, task: int, indices, labels, seed: int):
+        """The examples of `indices` the learner trains on during `task` (default: all of them).
+
+        A learner may hold some out (BiC's validation split); `end_task` still sees every index.
+        """
+        return indices
+
+    def inference_state(self, extras) -> Any:
+        """The part of `extras` inference needs (e.g. BiC's bias layer); None for most learners."""
+        return None
+
+    def inference_logits(self, logits, state):
+        """The model's logits as the learner predicts with them (evaluation applies this)."""
+        return logits
 
     def begin_task(self, run, task: int):
         """Hook before the first epoch of `task`; returns the (new) RunState."""

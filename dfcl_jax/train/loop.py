@@ -148,7 +148,7 @@ class ContinualRun:
             exp.mesh, init_run_state(exp.model, cfg.train, jax.random.key(cfg.seed), sample,
                                      exp.method))
         self.steps: dict[str, object] = {}  # one compiled train step per loss, built when needed
-        self.eval_step = make_eval_step(exp.model, exp.augmentation, exp.mesh)
+        self.eval_step = make_eval_step(exp.model, exp.augmentation, exp.mesh, exp.method)
         self.ckpt = RunCheckpointer(os.path.join(exp.workdir, "checkpoints"),
                                     cfg.checkpoint.max_to_keep)
         self.R: list[list[float | None]] = [[None] * self.T for _ in range(self.T)]
@@ -292,6 +292,7 @@ class ContinualRun:
         seen = exp.splits.indices(exp.test_labels, list(range(task + 1)))
         t = self.run_state.train
         variables = {"params": t.params, "batch_stats": t.batch_stats}
+        inference = exp.method.inference_state(self.run_state.extras)
         n_seen = np.int32(exp.splits.n_seen(task))
         correct = np.zeros(self.T)
         count = np.zeros(self.T)
@@ -299,7 +300,8 @@ class ContinualRun:
             local = host_slice(chunk)
             images, labels = mesh_lib.put_batch(exp.mesh, exp.data.test_images[local],
                                                 exp.test_labels[local])
-            ok = np.asarray(jax.device_get(self.eval_step(variables, images, labels, n_seen)))
+            ok = np.asarray(jax.device_get(self.eval_step(variables, images, labels, n_seen,
+                                                          inference)))
             task_ids = exp.splits.task_of(exp.test_labels[chunk])
             correct += np.bincount(task_ids[valid], ok[valid], minlength=self.T)
             count += np.bincount(task_ids[valid], minlength=self.T)
@@ -363,6 +365,7 @@ class ContinualRun:
             task = self.task
             info = TaskInfo.make(exp.splits.n_old(task), exp.splits.n_seen(task))
             indices = exp.training_indices(task)
+            train_indices = exp.method.training_subset(task, indices, exp.train_labels, cfg.seed)
             start = time.time()
             if self.epoch == 0:
                 self.run_state = exp.method.begin_task(self.run_state, task)
@@ -376,7 +379,7 @@ class ContinualRun:
                 if local == 0:  # a fresh optimiser at every task and phase (methods.md sec. 6)
                     self.run_state = self.run_state.replace(
                         train=reset_optimizer(self.run_state.train))
-                self.train_epoch(task, self.epoch, indices, info, phases[p], local)
+                self.train_epoch(task, self.epoch, train_indices, info, phases[p], local)
                 self.epoch += 1
                 if self.epoch % cfg.checkpoint.every_epochs == 0 and self.epoch < epochs:
                     self.save()

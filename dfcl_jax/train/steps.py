@@ -25,7 +25,8 @@ def make_train_step(model, method, augmentation, mesh, loss: str = "main"):
         state = run.train
 
         def loss(params):
-            ctx = StepContext(task=task, teacher=run.teacher, extras=run.extras, rng=k_loss)
+            ctx = StepContext(task=task, teacher=run.teacher, extras=run.extras, rng=k_loss,
+                              augment=augmentation)
             return loss_fn(model, params, state.batch_stats, x, labels, ctx)
 
         (value, (new_stats, terms)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -38,15 +39,21 @@ def make_train_step(model, method, augmentation, mesh, loss: str = "main"):
                    donate_argnums=(0,))
 
 
-def make_eval_step(model, augmentation, mesh):
+def make_eval_step(model, augmentation, mesh, method=None):
     """`eval(variables, images_uint8, labels, n_seen) -> correct (B,)` with logits masked to seen.
 
-    The (small) result is replicated so every host can read the whole global batch's outcome.
+    With a learner (`method`), the step takes a fifth argument, `method.inference_state(extras)`
+    (e.g. BiC's bias layer), and predicts from `method.inference_logits`: what the learner
+    deploys is what is evaluated. The (small) result is replicated so every host can read the
+    whole global batch's outcome.
     """
 
-    def step(variables, images, labels, n_seen):
+    def step(variables, images, labels, n_seen, inference=None):
         logits = model.apply(variables, augmentation.normalize(images), False)
+        if method is not None:
+            logits = method.inference_logits(logits, inference)
         return jnp.argmax(mask_logits(logits, 0, n_seen), axis=-1) == labels
 
     rep, dat = replicated(mesh), data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=rep)
+    shardings = (rep, dat, dat, rep) + ((rep,) if method is not None else ())
+    return jax.jit(step, in_shardings=shardings, out_shardings=rep)
