@@ -72,8 +72,9 @@ def shrink_clip_to_smoke(c) -> None:
     c.checkpoint.every_epochs = 1
     c.runtime.log_every_steps = 5
     c.method.clip_inversion.update({
-        "block_steps": 3, "first_block_steps": 4, "progressive": (2,), "progressive_at": (2,),
-        "full_steps": 3, "micro_batch": 64, "chunk": 4, "samples_per_class": 1})
+        "block_steps": 2, "first_block_steps": 4, "progressive": (2,), "progressive_at": (2,),
+        "full_steps": 2, "micro_batch": 64, "chunk": 2, "unroll": False,
+        "samples_per_class": 1})
     c.method.projection.per_class = 2
 
 

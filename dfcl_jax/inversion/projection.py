@@ -43,7 +43,8 @@ def plane_rotation(x, t_c, t_d):
     cos = jnp.clip(jnp.dot(t_c, t_d), -1.0, 1.0)
     u = t_d - cos * t_c
     norm = jnp.linalg.norm(u)
-    v = jnp.where(norm > 1e-8, u / jnp.maximum(norm, 1e-12), 0.0)  # t_c == t_d: R = identity
+    # t_c ~ t_d (angle < 1e-4 rad; float32 rounding would give v a random direction): R = I.
+    v = jnp.where(norm > 1e-4, u / jnp.maximum(norm, 1e-12), 0.0)
     sin = jnp.dot(v, t_d)  # = sqrt(1 - cos^2) >= 0
     a = x @ t_c
     b = x @ v

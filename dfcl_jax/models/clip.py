@@ -190,15 +190,34 @@ class CLIPClassifier(BlockClassifier):
 
     # -------------------------------------------------------------- hooks used outside Flax
     def init_variables(self, rng, sample_images):
-        """Initial variables: adapters and statistics initialised (one jitted `init`), the CLIP
-        weights and text prototypes those of the pretrained model."""
-        variables = jax.jit(lambda r, x: self.init(r, x, False))(rng, sample_images)
+        """Initial variables without running the model (shapes from `eval_shape`): the CLIP
+        weights and text prototypes of the pretrained model, adapters with LeCun-normal router
+        and down-projections and zero up-projections, input statistics N(0, 1)."""
+        shapes = jax.eval_shape(lambda r, x: self.init(r, x, False), rng, sample_images)
         pre = _PRETRAINED[self.source]
+        seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
+        gen = np.random.default_rng(seed)
+
+        def fresh(path, leaf):
+            name = str(getattr(path[-1], "key", path[-1]))
+            if name in ("up", "bias", "mean") or len(leaf.shape) < 2:  # (or overwritten below)
+                return jnp.zeros(leaf.shape, leaf.dtype)
+            if name == "var":
+                return jnp.ones(leaf.shape, leaf.dtype)
+            fan_in = leaf.shape[-2]  # router kernel (D, E), down (E, D, r)
+            return jnp.asarray(gen.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+        variables = jax.tree_util.tree_map_with_path(fresh, shapes)
         params = dict(variables["params"])
         for name, tree in pre["blocks"].items():
             params[name] = _merge(params[name], tree)
         params["text_head"] = {"prototypes": jnp.asarray(pre["prototypes"][: self.num_classes]),
                                "logit_scale": jnp.asarray(pre["logit_scale"])}
+        missing = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+                   if "adapter" not in jax.tree_util.keystr(p)
+                   and not _covered(p, pre["blocks"], params)]
+        if missing:
+            raise ValueError(f"pretrained CLIP weights do not cover {missing[:3]}")
         return {**variables, "params": params}
 
     @staticmethod
@@ -224,6 +243,18 @@ class TextHead(nn.Module):
         prototypes = self.param("prototypes", nn.initializers.zeros, (self.num_classes, self.dim))
         scale = self.param("logit_scale", nn.initializers.zeros, ())
         return jnp.exp(scale) * features @ prototypes.T
+
+
+def _covered(path, blocks: dict, params: dict) -> bool:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    if keys[0] == "text_head":
+        return True
+    node = blocks
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    return True
 
 
 def _merge(target: dict, source: dict) -> dict:
@@ -320,13 +351,24 @@ def load_clip(source: str, seed: int = 0):
         tok_dir = write_tiny_tokenizer(os.path.join(tempfile.gettempdir(), "dfcl_jax_tiny_clip_tok"))
         return model, params, CLIPTokenizer(os.path.join(tok_dir, "vocab.json"),
                                             os.path.join(tok_dir, "merges.txt"))
-    try:
-        model = FlaxCLIPModel.from_pretrained(source)
+    try:  # _do_init=False: the weights as loaded, no random initialisation first
+        model, params = FlaxCLIPModel.from_pretrained(source, _do_init=False)
     except OSError as e:  # a checkpoint with PyTorch weights only (needs torch installed)
         if "flax_model.msgpack" not in str(e):
             raise
-        model = FlaxCLIPModel.from_pretrained(source, from_pt=True)
-    return model, model.params, CLIPTokenizer.from_pretrained(source)
+        model, params = FlaxCLIPModel.from_pretrained(source, from_pt=True, _do_init=False)
+    return model, params, CLIPTokenizer.from_pretrained(source)
+
+
+_TEXT_FNS: dict = {}
+
+
+def _text_features_fn(model):
+    """One jitted `get_text_features` per loaded model (compiled once per prompt batch shape)."""
+    if id(model) not in _TEXT_FNS:
+        _TEXT_FNS[id(model)] = (model, jax.jit(
+            lambda p, i, m: model.get_text_features(i, m, params=p)))
+    return _TEXT_FNS[id(model)][1]
 
 
 def text_prototypes(model, params, tokenizer, class_names: Sequence[str],
@@ -336,7 +378,7 @@ def text_prototypes(model, params, tokenizer, class_names: Sequence[str],
     prompts = [t.format(name.replace("_", " ")) for name in class_names for t in templates]
     length = min(model.config.text_config.max_position_embeddings, 77)
     embs = []
-    fn = jax.jit(lambda p, i, m: model.get_text_features(i, m, params=p))
+    fn = _text_features_fn(model)
     for s in range(0, len(prompts), batch):
         enc = tokenizer(prompts[s:s + batch], padding="max_length", max_length=length,
                         truncation=True, return_tensors="np")
