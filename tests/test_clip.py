@@ -218,3 +218,24 @@ def test_two_task_open_world_run_trains_only_adapters(idx_dir, tmp_path):
     grad = jax.jit(jax.grad(loss_of))
     assert float(jnp.abs(grad(images, 1.0)).max()) == 0.0
     assert float(jnp.abs(grad(images, 0.0)).max()) > 0.0
+
+
+def test_clip_config_errors_name_the_field(idx_dir, tmp_path):
+    from dfcl_jax.train.validate import ConfigError, validate_config
+
+    cfg = clip_run_config(idx_dir)
+    cfg.method.clip_inversion.progressive_at = (2, 3)
+    with pytest.raises(ConfigError, match="config.method.clip_inversion.progressive"):
+        validate_config(cfg)
+    cfg = clip_run_config(idx_dir)
+    cfg.method.clip_inversion.first_block = 0
+    with pytest.raises(ConfigError, match="config.method.clip_inversion.first_block=0; allowed: 1"):
+        validate_config(cfg)
+    cfg = clip_run_config(idx_dir)
+    cfg.method.projection.top_k = 0
+    with pytest.raises(ConfigError, match="config.method.projection.top_k=0"):
+        validate_config(cfg)
+    cfg = clip_run_config(idx_dir)
+    cfg.method.synthesis = "pmi"  # image-space PMI cannot feed the token-space learner
+    with pytest.raises(ConfigError, match="config.method.synthesis='pmi'.*allowed: clip_pmi"):
+        validate_config(cfg)
