@@ -169,7 +169,8 @@ class PMIInverter:
     def block_loss(self, variables, i: int, x, target, weights, full_shape=None):
         """PMI per-layer objective for block i (Sec. 3.3 step 1): (total, base-weighted, terms).
 
-        `full_shape`: x is a low-resolution input, upsampled (bicubic) to it first (progressive)."""
+        `full_shape`: x is a low-resolution input, upsampled to it first (progressive; Keys
+        bicubic, a = -0.5, as `jax.image.resize`; torch's bicubic uses a = -0.75)."""
         if full_shape is not None and tuple(x.shape) != tuple(full_shape):
             x = jax.image.resize(x, full_shape, "cubic")
         y, moments = apply_with_bn_moments(self.model, variables, x, i, i + 1, False,
@@ -235,16 +236,16 @@ class PMIInverter:
     def _base_weights(self, n: int) -> tuple:
         return (self.cfg.a_mse, 1.0, 1.0)[:n]
 
-    def block_loop(self, i: int, full_shape=None):
-        """The solve of block i (`full_shape`: its input is a low-resolution, upsampled x)."""
-        key = i if full_shape is None else (i, tuple(full_shape))
+    def block_loop(self, i: int, full_shape=None, stage: int = 0):
+        """The solve of block i (`full_shape`: its input is a `stage` x `stage` x, upsampled)."""
+        key = i if full_shape is None else (i, tuple(full_shape), stage)
         if key not in self._block_loops:
             tx = optax.adam(self.cfg.block_lr)
             fn = lambda variables, x, target, w: self.block_loss(variables, i, x, target, w,
                                                                  full_shape)
             caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn, self.cfg.boost_cap_input)
             nonneg = self.cfg.nonneg_after_relu and i > 0 and ends_in_relu(self.model.blocks[i - 1])
-            name = f"block_{i}" if full_shape is None else f"block_{i}_at_{full_shape[1]}"
+            name = f"block_{i}" if full_shape is None else f"block_{i}_at_{stage}"
             self._block_loops[key] = (tx, self._adam_loop(name, fn, tx, caps, nonneg))
         return self._block_loops[key]
 
@@ -335,7 +336,8 @@ class PMIInverter:
                 x0 = self.initial_input(variables, i, shape, rng)
             else:
                 x0 = jax.image.resize(x, shape, "cubic")
-            loop = self.block_loop(i, full_shape if shape != tuple(full_shape) else None)
+            low = shape != tuple(full_shape)
+            loop = self.block_loop(i, full_shape if low else None, shape[1])
             x, history, terms = self._solve(loop, variables, x0, target, steps, 3,
                                             f"block {i + 1} @{shape[1]}", progress)
             curves.append(history.get("loss", np.zeros(0)))
@@ -386,7 +388,7 @@ class PMIInverter:
             for shape, _ in stages:
                 x0 = jnp.full(shape, 0.1, jnp.float32)  # float32, not weakly typed: as in invert()
                 full = shapes[i] if shape != tuple(shapes[i]) else None
-                x, _, _ = self._solve(self.block_loop(i, full), variables, x0, target,
+                x, _, _ = self._solve(self.block_loop(i, full, shape[1]), variables, x0, target,
                                       min(self.cfg.chunk, self.cfg.block_steps), 3, "", False)
             target = x
         x, _, _ = self._solve(self.full_loop(), variables, x, zg,
