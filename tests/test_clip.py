@@ -245,3 +245,29 @@ def test_clip_config_errors_name_the_field(idx_dir, tmp_path):
     cfg.method.synthesis = "pmi"  # image-space PMI cannot feed the token-space learner
     with pytest.raises(ConfigError, match="config.method.synthesis='pmi'.*allowed: clip_pmi"):
         validate_config(cfg)
+
+
+def test_vit_b16_checkpoint_layout_maps_onto_15_blocks():
+    """The real architecture (shapes only, no weights): every parameter of a ViT-B/16
+    `FlaxCLIPModel` vision tower lands in the block tree with the block's own shape."""
+    from transformers import CLIPConfig, FlaxCLIPModel
+
+    cfg = CLIPConfig(vision_config={"patch_size": 16, "image_size": 224}, projection_dim=512)
+    hf = FlaxCLIPModel(cfg, _do_init=False)
+    hf_shapes = jax.eval_shape(lambda k: hf.init_weights(k, hf.input_shape), jax.random.key(0))
+    blocks = clip.hf_to_block_params(hf_shapes, 12)
+    model = clip.CLIPClassifier(blocks=tuple(clip.clip_blocks(cfg.vision_config, 512)),
+                                num_classes=100, projection_dim=512)
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 224, 224, 3)), False),
+                               jax.random.key(0))
+    ours = variables["params"]
+    assert len(model.blocks) == 15 and len(blocks) == 15
+    flat = lambda t: {jax.tree_util.keystr(p): x.shape
+                      for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+    mapped, target = flat(blocks), flat({k: v for k, v in ours.items() if k != "text_head"})
+    assert all(target[k] == s for k, s in mapped.items())
+    assert sorted(k for k in target if k not in mapped) == sorted(
+        k for k in target if "adapter" in k)  # only the adapters are new
+    tokens = jax.eval_shape(lambda v, x: model.apply(v, x, 0, 1, method=model.run_blocks),
+                            variables, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+    assert tokens.shape == (2, 14, 14, 768)  # the token map PMI inverts on CLIP ViT-B/16
