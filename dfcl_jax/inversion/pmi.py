@@ -55,6 +55,19 @@ class PMIConfig:
     # Keep a block's input >= 0 when the previous block ends in a ReLU (its output can be nothing
     # else); the reference leaves it unconstrained. The initialisation is rectified as well.
     nonneg_after_relu: bool = False
+    # CLIP variant (methods.md 3.3): invert down to the input of block `first_block` (1: the
+    # patch-embedding token map), that block's solve runs `first_block_steps` steps (0: block_steps)
+    # starting at `progressive` resolutions, each upsampled (bicubic) to the next at the steps in
+    # `progressive_at`, ending at the full size; the full-model phase may use a cosine schedule and
+    # a TV prior on its input.
+    first_block: int = 0
+    first_block_steps: int = 0
+    progressive: tuple[int, ...] = ()  # e.g. (2, 4, 8): 2 -> 4 -> 8 -> full (14)
+    progressive_at: tuple[int, ...] = ()  # e.g. (300, 600, 900)
+    rf_scale_by_blocks: bool = True  # a_rf = rf_per_block * L (ResNet); False: a_rf = rf_per_block
+    full_schedule: str = "step"  # "step": warm-up + milestones; "cosine": cosine to 0 over
+    full_cosine_steps: int = 2000  # ... this many steps (torch CosineAnnealingLR T_max)
+    full_tv: float = 0.0  # total variation on the full-model phase's input (CLIP: 0.005)
     micro_batch: int = 4000  # targets solved together (memory bound; BN statistics over these)
     chunk: int = 10  # steps per jitted call
     unroll: bool = True  # unroll each chunk (XLA:CPU while loops are slow); GPU/TPU: False
@@ -69,6 +82,18 @@ class PMIConfig:
         for f in ("boost_cap_mse", "boost_cap_bn", "boost_cap_input"):
             if getattr(self, f) < 1:
                 raise ValueError(f"pmi.{f}={getattr(self, f)} must be >= 1")
+        for f in ("first_block", "first_block_steps", "full_tv"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"pmi.{f}={getattr(self, f)} must be >= 0")
+        if self.full_schedule not in ("step", "cosine"):
+            raise ValueError(f"pmi.full_schedule={self.full_schedule!r}; allowed: step, cosine")
+        if len(self.progressive) != len(self.progressive_at):
+            raise ValueError(f"pmi.progressive={tuple(self.progressive)} and pmi.progressive_at="
+                             f"{tuple(self.progressive_at)} must have the same length")
+        at = tuple(self.progressive_at)
+        if at and (list(at) != sorted(set(at)) or at[0] <= 0
+                   or at[-1] >= (self.first_block_steps or self.block_steps)):
+            raise ValueError(f"pmi.progressive_at={at} must increase within (0, first_block_steps)")
 
 
 class PMIResult(NamedTuple):
@@ -109,7 +134,10 @@ def boosted(weight, base, current, initial, cap: float, enabled: bool):
 
 
 def full_model_schedule(cfg: PMIConfig) -> optax.Schedule:
-    """Linear warm-up, then x`full_decay` at each milestone (PMI full-model phase)."""
+    """Linear warm-up, then x`full_decay` at each milestone (PMI full-model phase); or, with
+    `full_schedule="cosine"`, cosine annealing to 0 over `full_cosine_steps` (CLIP variant)."""
+    if cfg.full_schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.full_lr, cfg.full_cosine_steps)
     boundaries = {m - cfg.full_warmup: cfg.full_decay for m in cfg.full_milestones
                   if m > cfg.full_warmup}
     decay = optax.piecewise_constant_schedule(cfg.full_lr, boundaries)
@@ -127,16 +155,24 @@ class PMIInverter:
         cfg.validate()
         self.model, self.cfg, self.mesh = model, cfg, mesh
         self.L = len(model.blocks)
-        self.a_rf = cfg.rf_per_block * self.L
+        self.first = cfg.first_block
+        if not 0 <= self.first < self.L:
+            raise ValueError(f"pmi.first_block={self.first} must be in [0, {self.L})")
+        self.a_rf = cfg.rf_per_block * (self.L if cfg.rf_scale_by_blocks else 1)
         self._block_loops: dict[int, tuple] = {}
         self._full_loop = None
         self._shapes: dict = {}
-        self._features = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
+        self._features = jax.jit(lambda v, x: model.apply(v, x, self.first, method=model.features_from))
         self.traces: dict[str, int] = {}  # how often each solve was traced (compile-once checks)
 
     # ------------------------------------------------------------------------ the block losses
-    def block_loss(self, variables, i: int, x, target, weights):
-        """PMI per-layer objective for block i (Sec. 3.3 step 1): (total, base-weighted, terms)."""
+    def block_loss(self, variables, i: int, x, target, weights, full_shape=None):
+        """PMI per-layer objective for block i (Sec. 3.3 step 1): (total, base-weighted, terms).
+
+        `full_shape`: x is a low-resolution input, upsampled to it first (progressive; Keys
+        bicubic, a = -0.5, as `jax.image.resize`; torch's bicubic uses a = -0.75)."""
+        if full_shape is not None and tuple(x.shape) != tuple(full_shape):
+            x = jax.image.resize(x, full_shape, "cubic")
         y, moments = apply_with_bn_moments(self.model, variables, x, i, i + 1, False,
                                            method=BlockClassifier.run_blocks)
         if i == self.L - 1:
@@ -144,7 +180,7 @@ class PMIInverter:
         terms = {"mse": losses.feature_matching(y, target),
                  "bn": losses.bn_kl_pmi(moments) if moments else jnp.zeros(()),
                  "input": jnp.zeros(())}
-        if i > 0 and self.cfg.input_prior:
+        if i > self.first and self.cfg.input_prior:
             prior = last_bn_affine(variables["params"][f"blocks_{i - 1}"])
             terms["input"] = losses.bn_kl_pmi([input_prior_moments(x, prior)])
         w_mse, w_bn, w_in = weights
@@ -153,13 +189,16 @@ class PMIInverter:
         return total, (base, terms)
 
     def full_loss(self, variables, x, z, weights):
-        """PMI full-model objective (Sec. 3.3 step 2): MSE to z + full_bn * BN-KL over all BNs."""
-        f, moments = apply_with_bn_moments(self.model, variables, x, False,
-                                           method=BlockClassifier.features)
-        terms = {"mse": losses.feature_matching(f, z), "bn": losses.bn_kl_pmi(moments)}
+        """PMI full-model objective (Sec. 3.3 step 2): MSE to z + full_bn * BN-KL over all BNs
+        (+ full_tv * TV of the input: the CLIP variant's prior on the token map)."""
+        f, moments = apply_with_bn_moments(self.model, variables, x, self.first, False,
+                                           method=BlockClassifier.features_from)
+        terms = {"mse": losses.feature_matching(f, z),
+                 "bn": losses.bn_kl_pmi(moments) if moments else jnp.zeros(())}
         w_mse, w_bn = weights
-        total = w_mse * terms["mse"] + self.cfg.full_bn * w_bn * terms["bn"]
-        base = self.cfg.a_mse * terms["mse"] + self.cfg.full_bn * terms["bn"]
+        tv = self.cfg.full_tv * losses.total_variation(x) if self.cfg.full_tv else 0.0
+        total = w_mse * terms["mse"] + self.cfg.full_bn * w_bn * terms["bn"] + tv
+        base = self.cfg.a_mse * terms["mse"] + self.cfg.full_bn * terms["bn"] + tv
         return total, (base, terms)
 
     # ------------------------------------------------------------------------- the solvers
@@ -197,14 +236,18 @@ class PMIInverter:
     def _base_weights(self, n: int) -> tuple:
         return (self.cfg.a_mse, 1.0, 1.0)[:n]
 
-    def block_loop(self, i: int):
-        if i not in self._block_loops:
+    def block_loop(self, i: int, full_shape=None, stage: int = 0):
+        """The solve of block i (`full_shape`: its input is a `stage` x `stage` x, upsampled)."""
+        key = i if full_shape is None else (i, tuple(full_shape), stage)
+        if key not in self._block_loops:
             tx = optax.adam(self.cfg.block_lr)
-            fn = lambda variables, x, target, w: self.block_loss(variables, i, x, target, w)
+            fn = lambda variables, x, target, w: self.block_loss(variables, i, x, target, w,
+                                                                 full_shape)
             caps = (self.cfg.boost_cap_mse, self.cfg.boost_cap_bn, self.cfg.boost_cap_input)
             nonneg = self.cfg.nonneg_after_relu and i > 0 and ends_in_relu(self.model.blocks[i - 1])
-            self._block_loops[i] = (tx, self._adam_loop(f"block_{i}", fn, tx, caps, nonneg))
-        return self._block_loops[i]
+            name = f"block_{i}" if full_shape is None else f"block_{i}_at_{stage}"
+            self._block_loops[key] = (tx, self._adam_loop(name, fn, tx, caps, nonneg))
+        return self._block_loops[key]
 
     def full_loop(self):
         if self._full_loop is None:
@@ -247,32 +290,75 @@ class PMIInverter:
         return self._shapes[key]
 
     def _input_shapes(self, variables, image_shape, batch: int) -> list[tuple]:
-        shapes, x = [], jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-        for i in range(self.L):
+        """Entries before `first_block` are None; `image_shape` is the input of `first_block`."""
+        shapes, x = [None] * self.first, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+        for i in range(self.first, self.L):
             shapes.append(tuple(x.shape))
             x = jax.eval_shape(lambda v, a, i=i: self.model.apply(
                 v, a, i, i + 1, False, method=BlockClassifier.run_blocks), variables, x)
         return shapes
 
     # --------------------------------------------------------------------------- the phases
+    def initial_input(self, variables, i: int, shape, rng):
+        """x_i at the start of its solve: eps * gamma + beta of the previous block's last BN
+        (ResNets), N(mean, var) of a model's reference input statistics (`input_reference`,
+        CLIP), else N(0, 1) (the image)."""
+        eps = jax.random.normal(rng, shape, jnp.float32)
+        if hasattr(self.model, "input_reference"):
+            ref = self.model.input_reference(variables, i)
+            return eps if ref is None else eps * jnp.sqrt(ref[1]) + ref[0]
+        if i == 0:
+            return eps
+        prior = last_bn_affine(variables["params"][f"blocks_{i - 1}"])
+        x0 = eps * prior["scale"] + prior["bias"]
+        if self.cfg.nonneg_after_relu and ends_in_relu(self.model.blocks[i - 1]):
+            x0 = jnp.maximum(x0, 0.0)
+        return x0
+
+    def progressive_stages(self, full_shape) -> list[tuple[tuple, int]]:
+        """(input shape, steps) of each resolution stage of the first inverted block's solve."""
+        steps = self.cfg.first_block_steps or self.cfg.block_steps
+        if not self.cfg.progressive:
+            return [(tuple(full_shape), steps)]
+        b, *_, d = full_shape
+        bounds = [0, *self.cfg.progressive_at, steps]
+        sizes = [*self.cfg.progressive, None]
+        return [((b, s, s, d) if s else tuple(full_shape), bounds[j + 1] - bounds[j])
+                for j, s in enumerate(sizes)]
+
+    def solve_first_block(self, variables, target, full_shape, rng, progress: bool = False):
+        """The first inverted block: progressive resolutions (CLIP: 2 -> 4 -> 8 -> 14 at steps
+        300/600/900), each stage initialised by upsampling the previous one's kept iterate."""
+        i = self.first
+        curves, x = [], None
+        for shape, steps in self.progressive_stages(full_shape):
+            if x is None:
+                x0 = self.initial_input(variables, i, shape, rng)
+            else:
+                x0 = jax.image.resize(x, shape, "cubic")
+            low = shape != tuple(full_shape)
+            loop = self.block_loop(i, full_shape if low else None, shape[1])
+            x, history, terms = self._solve(loop, variables, x0, target, steps, 3,
+                                            f"block {i + 1} @{shape[1]}", progress)
+            curves.append(history.get("loss", np.zeros(0)))
+        return x, np.concatenate(curves), history, terms
+
     def per_layer_inversion(self, variables, z, image_shape, rng, progress: bool = True):
-        """PMI Sec. 3.3 step 1: invert blocks L..1 in turn; returns x_1* and per-block records."""
+        """PMI Sec. 3.3 step 1: invert blocks L..first in turn; returns x_first* and per-block
+        records (None for blocks before `first_block`)."""
         shapes = self.input_shapes(variables, image_shape, z.shape[0])
         target, curves, records = z, [None] * self.L, [None] * self.L
-        for i in tqdm(range(self.L - 1, -1, -1), desc="PMI blocks", leave=False,
+        for i in tqdm(range(self.L - 1, self.first - 1, -1), desc="PMI blocks", leave=False,
                       disable=not progress or None):
             k = jax.random.fold_in(rng, i)
-            eps = jax.random.normal(k, shapes[i], jnp.float32)
-            if i == 0:
-                x0 = eps
+            if i == self.first:
+                x, curve, history, terms = self.solve_first_block(variables, target, shapes[i], k)
             else:
-                prior = last_bn_affine(variables["params"][f"blocks_{i - 1}"])
-                x0 = eps * prior["scale"] + prior["bias"]
-                if self.cfg.nonneg_after_relu and ends_in_relu(self.model.blocks[i - 1]):
-                    x0 = jnp.maximum(x0, 0.0)
-            x, history, terms = self._solve(self.block_loop(i), variables, x0, target,
-                                            self.cfg.block_steps, 3, f"block {i + 1}", False)
-            curves[i] = history.get("loss", np.zeros(0))
+                x0 = self.initial_input(variables, i, shapes[i], k)
+                x, history, terms = self._solve(self.block_loop(i), variables, x0, target,
+                                                self.cfg.block_steps, 3, f"block {i + 1}", False)
+                curve = history.get("loss", np.zeros(0))
+            curves[i] = curve
             records[i] = {"first": {k: float(v[0]) for k, v in history.items()} if history else {},
                           "kept": {k: float(v) for k, v in terms.items()}}
             target = x
@@ -297,10 +383,13 @@ class PMIInverter:
         zg = self._place(jnp.asarray(z[:rows], jnp.float32), rows)
         shapes = self.input_shapes(variables, image_shape, rows)
         x, target = None, zg
-        for i in range(self.L - 1, -1, -1):
-            x0 = jnp.full(shapes[i], 0.1, jnp.float32)  # float32, not weakly typed: as in invert()
-            x, _, _ = self._solve(self.block_loop(i), variables, x0, target,
-                                  min(self.cfg.chunk, self.cfg.block_steps), 3, "", False)
+        for i in range(self.L - 1, self.first - 1, -1):
+            stages = self.progressive_stages(shapes[i]) if i == self.first else [(shapes[i], 1)]
+            for shape, _ in stages:
+                x0 = jnp.full(shape, 0.1, jnp.float32)  # float32, not weakly typed: as in invert()
+                full = shapes[i] if shape != tuple(shapes[i]) else None
+                x, _, _ = self._solve(self.block_loop(i, full, shape[1]), variables, x0, target,
+                                      min(self.cfg.chunk, self.cfg.block_steps), 3, "", False)
             target = x
         x, _, _ = self._solve(self.full_loop(), variables, x, zg,
                               min(self.cfg.chunk, self.cfg.full_steps), 2, "", False)
@@ -332,8 +421,9 @@ class PMIInverter:
 
 def full_model_inversion(inverter: PMIInverter, variables, z, image_shape, rng, steps: int,
                          progress: bool = True):
-    """Baseline: the full-model phase alone, from N(0, 1) noise, for `steps` steps."""
-    x0 = jax.random.normal(rng, (z.shape[0], *image_shape), jnp.float32)
+    """Baseline: the full-model phase alone, from the first block's initial input (N(0, 1) noise
+    for images), for `steps` steps."""
+    x0 = inverter.initial_input(variables, inverter.first, (z.shape[0], *image_shape), rng)
     cfg = dataclasses.replace(inverter.cfg, full_steps=steps)
     plain = PMIInverter(inverter.model, cfg, inverter.mesh)
     return plain.full_model_refinement(variables, x0, jnp.asarray(z, jnp.float32), progress)

@@ -2,6 +2,7 @@
 
 from dfcl_jax.methods import (  # noqa: F401  (registration)
     abd,
+    clip_pmi,
     coreset,
     deepinversion,
     dgr,

@@ -23,6 +23,7 @@ class SyntheticSource:
     """Makes a replay learner's synthetic old-class data; keeps only what data-free allows."""
 
     name: ClassVar[str] = ""
+    space: ClassVar[str] = "images"  # what it makes: "images", or "tokens" (CLIP token maps)
 
     def __init__(self, method_cfg: ml_collections.ConfigDict, method: Method):
         self.cfg, self.method = method_cfg, method
@@ -58,6 +59,7 @@ class ReplayMethod(Method):
     """Learners that replay synthetic old-class images from `config.method.synthesis`."""
 
     default_synthesis: ClassVar[str] = "generator"
+    synthetic_space: ClassVar[str] = "images"  # the sources this learner can replay
     loss_terms: ClassVar[tuple[str, ...]] = ()
     first_task_term: ClassVar[str] = ""
 
@@ -65,13 +67,22 @@ class ReplayMethod(Method):
         super().__init__(cfg)
         if cfg.synthesis not in SOURCES:
             raise ValueError(f"config.method.synthesis={cfg.synthesis!r}; allowed: "
-                             f"{', '.join(sorted(SOURCES))}")
+                             f"{', '.join(sorted(self.compatible_sources()))}")
+        if SOURCES[cfg.synthesis].space != self.synthetic_space:
+            raise ValueError(f"config.method.synthesis={cfg.synthesis!r} makes "
+                             f"{SOURCES[cfg.synthesis].space}, {self.name} replays "
+                             f"{self.synthetic_space}; allowed: "
+                             f"{', '.join(sorted(self.compatible_sources()))}")
         self.source = SOURCES[cfg.synthesis](cfg, self)
+
+    @classmethod
+    def compatible_sources(cls) -> list[str]:
+        return [n for n, s in SOURCES.items() if s.space == cls.synthetic_space]
 
     @classmethod
     def default_config(cls):
         cfg = ml_collections.ConfigDict({"synthesis": cls.default_synthesis})
-        for source in sorted(SOURCES):
+        for source in sorted(cls.compatible_sources()):
             for key, sub in SOURCES[source].default_config().items():
                 cfg[key] = ml_collections.ConfigDict(sub)
         return cfg

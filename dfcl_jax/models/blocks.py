@@ -36,6 +36,10 @@ class BlockClassifier(nn.Module):
         """Penultimate (pooled) feature of `x`."""
         return self.pool_features(self.run_blocks(x, 0, len(self.blocks), train))
 
+    def features_from(self, x, start: int, train: bool = False):
+        """Penultimate feature of `x` given as the input of block `start` (a Python int)."""
+        return self.pool_features(self.run_blocks(x, start, len(self.blocks), train))
+
     def run_blocks(self, x, start: int, stop: int, train: bool = False):
         """Compose blocks `start .. stop-1` (Python ints: each range compiles on its own)."""
         for block in self.blocks[start:stop]:
@@ -94,4 +98,4 @@ def apply_with_bn_moments(model: nn.Module, variables, *args, method=None, **kwa
     """Run `model` in eval mode and return (output, BNMoments of every BatchNorm input in order)."""
     variables = {k: v for k, v in variables.items() if k != BN_STATS}
     out, state = model.apply(variables, *args, method=method, mutable=[BN_STATS], **kwargs)
-    return out, bn_moments(state[BN_STATS])
+    return out, bn_moments(state.get(BN_STATS, {}))

@@ -118,7 +118,8 @@ def build_experiment(config, workdir: str) -> Experiment:
     a = config.augment
     aug = Augmentation(tuple(config.data.mean), tuple(config.data.std), a.crop_padding, a.hflip,
                        a.brightness, a.contrast)
-    model = build_model(config.model, data.num_classes)
+    names = [data.class_names[c] for c in order] if data.class_names else None
+    model = build_model(config.model, data.num_classes, names)
     method.bind(data.num_classes, config.data.num_tasks, mesh)
     return Experiment(config, os.path.abspath(workdir), data, splits, train_labels, test_labels,
                       pool, method, model, aug, mesh)
@@ -385,14 +386,16 @@ class ContinualRun:
                     self.save()
             if task == 0:
                 self.save_first_task_model()
-            if task == 1 and hasattr(exp.method, "sample_synthetic"):
+            replays_images = (hasattr(exp.method, "sample_synthetic")
+                              and getattr(exp.method, "synthetic_space", "images") == "images")
+            if task == 1 and replays_images:
                 self.diagnose_synthetic(task)
             task_data = TaskData(exp.data.train_images, exp.train_labels, indices,
                                  exp.splits.n_seen(task), task == self.T - 1, cfg.seed,
                                  bool(cfg.runtime.progress), exp.augmentation.normalize)
             self.run_state = exp.method.end_task(self.run_state, task, task_data)
             self.run_state = freeze_teacher(self.run_state)
-            if hasattr(exp.method, "sample_synthetic") and task < self.T - 1:
+            if replays_images and task < self.T - 1:
                 self.save_synthetic_grid(task)
             self.evaluate(task)
             self.task, self.epoch = task + 1, 0
