@@ -82,6 +82,7 @@ class Case:
     flops_per_step: float | None = None
     xla_mb: float | None = None
     check: float | None = None  # a number that must not depend on the device count
+    compiled: Any = None  # the main compiled executable (HLO dumps)
     info: dict = dataclasses.field(default_factory=dict)
 
 

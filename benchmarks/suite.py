@@ -55,7 +55,7 @@ def _state_case(name, compiled, state, args, images, check_key=None, **kw) -> Ca
         return metrics
 
     return Case(name, call, images, flops_per_step=flops_of_compiled(compiled),
-                xla_mb=xla_memory_mb(compiled), check=check, **kw)
+                xla_mb=xla_memory_mb(compiled), check=check, compiled=compiled, **kw)
 
 
 def train(a, mesh, impl) -> Case:
@@ -81,7 +81,8 @@ def eval_step(a, mesh, impl) -> Case:
     args = (variables, images, labels, np.int32(60))
     compiled, secs = compile_timed(step, *args)
     return Case("eval", lambda: compiled(*args), a.batch, compile_s=secs,
-                flops_per_step=flops_of_compiled(compiled), xla_mb=xla_memory_mb(compiled))
+                flops_per_step=flops_of_compiled(compiled), xla_mb=xla_memory_mb(compiled),
+                compiled=compiled)
 
 
 def _chunk_case(name, loop, carry, args, a, images, secs_extra=0.0, **kw) -> Case:
@@ -101,7 +102,7 @@ def _chunk_case(name, loop, carry, args, a, images, secs_extra=0.0, **kw) -> Cas
     flops = flops_of_compiled(compiled)
     return Case(name, call, images, steps_per_call=a.chunk, compile_s=secs + secs_extra,
                 flops_per_step=flops / a.chunk if flops else None,
-                xla_mb=xla_memory_mb(compiled), check=check, **kw)
+                xla_mb=xla_memory_mb(compiled), check=check, compiled=compiled, **kw)
 
 
 def deepinversion(a, mesh, impl) -> Case:
@@ -228,8 +229,8 @@ def pmi_full(a, mesh, impl) -> Case:
     chunk_flops = flops_of_compiled(compiled)
     x0 = inv._place(jax.random.normal(jax.random.key(6), (a.targets, *IMAGE)), a.targets)
 
-    def call():
-        x, _, _ = inv.full_model_refinement(variables, x0, z, False)
+    def call():  # the solve donates its starting point: hand it a copy
+        x, _, _ = inv.full_model_refinement(variables, jnp.copy(x0), z, False)
         return x
 
     return Case("pmi_full", call, a.targets, steps_per_call=a.pmi_full_steps, compile_s=secs,
