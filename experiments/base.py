@@ -63,7 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(
         {"name": "cifar_resnet", "depth": 32, "widths": (16, 32, 64), "variant": "abd",
-         "small_input": False})
+         "small_input": False,
+         # Convolution backward: "auto" (materialized on CPU, XLA's own elsewhere), "xla",
+         # "materialized" (same numbers; see dfcl_jax/models/conv.py).
+         "conv_impl": "auto"})
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 250

@@ -107,8 +107,29 @@ def test_data_free_learner_never_sees_past_task_images(idx_dir, tmp_path):
         exp.training_indices(2)
 
 
+def _count_traces(monkeypatch, owner, name: str, counts: dict) -> None:
+    """Wrap `owner.name` so that every trace (Python call) increments counts[name]."""
+    fn = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        counts[name] = counts.get(name, 0) + 1
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+
+
 def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_path, monkeypatch):
-    """ABD: one compiled first-task step (plain CE) and one replay step for every later task."""
+    """ABD: one compiled first-task step (plain CE) and one replay step for every later task;
+    each jitted function (train steps, eval step, generator chunk) is traced exactly once."""
+    from dfcl_jax.inversion import generator as generator_lib
+    from dfcl_jax.methods.abd import ABD
+    from dfcl_jax.train import steps as steps_lib
+
+    traces: dict = {}
+    _count_traces(monkeypatch, ABD, "loss_fn", traces)
+    _count_traces(monkeypatch, ABD, "first_task_loss_fn", traces)
+    _count_traces(monkeypatch, generator_lib, "abd_generator_loss", traces)
+    _count_traces(monkeypatch, steps_lib, "mask_logits", traces)  # used by the eval step only
     cfg = tiny_config(idx_dir, method="abd", tasks=5, epochs=1)
     cfg.method.generator.steps = 4
     cfg.method.generator.width = 8
@@ -123,6 +144,9 @@ def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_pat
     assert all(step._cache_size() == 1 for step in run.steps.values())
     assert list(run.exp.method.source.trainer.loop._compiled) == [4]
     assert run.exp.method.source.trainer.loop._compiled[4]._cache_size() == 1
+    assert run.eval_step._cache_size() == 1
+    assert traces == {"first_task_loss_fn": 1, "loss_fn": 1, "abd_generator_loss": 1,
+                      "mask_logits": 1}
     # Diagnosis after task 2 and replay grids after every task but the last are in the workdir.
     diag = json.load(open(tmp_path / "diagnostics.json"))
     assert diag["after_task"] == 1 and diag["mid_real_old_vs_synthetic_old"] > 0

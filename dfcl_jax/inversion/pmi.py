@@ -259,19 +259,24 @@ class PMIInverter:
     def _solve(self, loop_parts, variables, x0, target, steps: int, n_terms: int, desc: str,
                progress: bool):
         tx, loop = loop_parts
+        carry = self.initial_carry(tx, x0, n_terms)
+        carry, history = loop.run(carry, steps, (variables, target, jnp.zeros(())),
+                                  progress=progress, desc=desc)
+        x, _, _, _, best_x, _, best_terms = carry
+        if self.cfg.keep_best:
+            return best_x, history, best_terms
+        keys = ("mse", "bn", "input")[:n_terms]
+        return x, history, {k: v[-1] for k, v in history.items() if k in keys}
+
+    def initial_carry(self, tx, x0, n_terms: int) -> tuple:
+        """The carry of an Adam loop (`block_loop`, `full_loop`) starting at x0, on the mesh."""
         keys = ("mse", "bn", "input")[:n_terms]
         weights = tuple(jnp.asarray(w, jnp.float32) for w in self._base_weights(n_terms))
         initial = {k: jnp.zeros((), jnp.float32) for k in keys}
         best_terms = {k: jnp.zeros((), jnp.float32) for k in keys}
         carry = (x0, tx.init(x0), weights, initial, jnp.copy(x0), jnp.asarray(jnp.inf, jnp.float32),
                  best_terms)
-        carry = self._place(carry, x0.shape[0])
-        carry, history = loop.run(carry, steps, (variables, target, jnp.zeros(())),
-                                  progress=progress, desc=desc)
-        x, _, _, _, best_x, _, best_terms = carry
-        if self.cfg.keep_best:
-            return best_x, history, best_terms
-        return x, history, {k: v[-1] for k, v in history.items() if k in keys}
+        return self._place(carry, x0.shape[0])
 
     def _place(self, tree, batch: int):
         """Shard batch-leading leaves over the mesh's data axis, replicate the rest."""

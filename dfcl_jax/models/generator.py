@@ -6,6 +6,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from dfcl_jax.models.batchnorm import BatchNorm
+from dfcl_jax.models.conv import Conv
+
+_lecun = nn.initializers.lecun_normal()  # nn.Conv's default kernel init
 
 
 def upsample_nearest(x, factor: int = 2):
@@ -26,6 +29,7 @@ class Generator(nn.Module):
     z_dim: int = 1000
     width: int = 128
     bn_eps_quirk: bool = True
+    conv_impl: str | None = None  # see dfcl_jax.models.conv
 
     @property
     def stages(self) -> int:
@@ -39,7 +43,9 @@ class Generator(nn.Module):
         x = BatchNorm(name="bn_in")(x, train)
         for i in range(self.stages):
             out = self.width // 2 if i == self.stages - 1 else self.width
-            x = nn.Conv(out, (3, 3), padding=1, name=f"conv_{i}")(upsample_nearest(x))
+            x = Conv(out, 3, use_bias=True, impl=self.conv_impl, kernel_init=_lecun,
+                     name=f"conv_{i}")(upsample_nearest(x))
             x = nn.leaky_relu(BatchNorm(epsilon=eps, name=f"bn_{i}")(x, train), 0.2)
-        x = jnp.tanh(nn.Conv(self.channels, (3, 3), padding=1, name="conv_out")(x))
+        x = jnp.tanh(Conv(self.channels, 3, use_bias=True, impl=self.conv_impl, kernel_init=_lecun,
+                         name="conv_out")(x))
         return BatchNorm(use_scale=False, use_bias=False, name="bn_out")(x, train)

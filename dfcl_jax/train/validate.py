@@ -6,6 +6,7 @@ import os
 
 from dfcl_jax.data.class_orders import CLASS_ORDERS
 from dfcl_jax.data.sources import SOURCES, check_idx_dir
+from dfcl_jax.models.conv import CONV_IMPLS
 from dfcl_jax.models.registry import MODELS
 
 
@@ -53,6 +54,9 @@ def validate_config(config, workdir: str | None = None) -> None:
     if config.model.name not in MODELS:
         raise ConfigError(f"config.model.name={config.model.name!r}; allowed: "
                           f"{', '.join(MODELS)}")
+    if config.model.get("conv_impl", "auto") not in CONV_IMPLS:
+        raise ConfigError(f"config.model.conv_impl={config.model.conv_impl!r}; allowed: "
+                          f"{', '.join(CONV_IMPLS)}")
     t = config.train
     _positive(config, "train.epochs", "train.batch_size", "train.eval_batch_size", integer=True)
     _positive(config, "train.lr")
