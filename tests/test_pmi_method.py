@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from dfcl_jax.metrics.audit import audit_run
 from dfcl_jax.train.loop import ContinualRun, build_experiment
 from experiments import cifar100_pmi
 from tests.conftest import tiny_config
@@ -49,6 +50,7 @@ def test_pmi_keeps_only_statistics_encoders_and_synthetic_images(idx_dir, tmp_pa
                                "micro_batch": 16, "chunk": 2})
         cfg.method.feature_model.encoder_epochs = 2
         exp = build_experiment(cfg, str(tmp_path / str(per_class)))
+        (tmp_path / str(per_class) / "config.json").write_text(cfg.to_json_best_effort())
         run = ContinualRun(exp)
         run.T = 2  # task 1 leaves a synthetic set, task 2 (the last here) refreshes statistics
         run.R, run.seen_acc = [[None] * 2 for _ in range(2)], [None] * 2
@@ -63,6 +65,13 @@ def test_pmi_keeps_only_statistics_encoders_and_synthetic_images(idx_dir, tmp_pa
         d = ((np.asarray(real)[None] - syn[:, None]) ** 2).mean(axis=(2, 3, 4))
         assert d.min() > 0.05
     assert kept[0] == kept[1]
+    # The audit reads every checkpoint and artefact of the run: no real image persisted, and the
+    # stored synthetic set is no nearer the real images than they are to each other.
+    report = audit_run(str(tmp_path / "64"), num_synthetic=32)
+    assert report["verdict"] == "pass" and report["real_images_persisted"] == 0
+    assert report["arrays_scanned"] > 50
+    assert all(m["memorisation_ratio"] > 1.0 for m in report["memorisation"].values())
+    assert report["memorisation"]
 
 
 def test_abd_learner_replays_pmi_data(idx_dir, tmp_path):
@@ -74,6 +83,7 @@ def test_abd_learner_replays_pmi_data(idx_dir, tmp_path):
                            "micro_batch": 16, "chunk": 2})
     cfg.method.feature_model.encoder_epochs = 2
     run = ContinualRun(build_experiment(cfg, str(tmp_path)))
+    (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
     run.T = 2
     run.R, run.seen_acc = [[None] * 2 for _ in range(2)], [None] * 2
     results = run.run()
@@ -83,3 +93,6 @@ def test_abd_learner_replays_pmi_data(idx_dir, tmp_path):
     # Replayed images are rows of the PMI synthetic set, labelled by their target's class.
     assert all(np.any(np.all(np.isclose(stored, xi), axis=(1, 2, 3))) for xi in np.asarray(x))
     assert set(np.asarray(y).tolist()) <= set(range(4))
+    report = audit_run(str(tmp_path), num_synthetic=32)
+    assert report["method"] == "abd" and report["verdict"] == "pass"
+    assert report["real_images_persisted"] == 0 and report["arrays_scanned"] > 50
