@@ -370,7 +370,11 @@ class PMIInverter:
         return target, curves, records
 
     def full_model_refinement(self, variables, x0, z, progress: bool = True):
-        """PMI Sec. 3.3 step 2: Adam on the image against feature MSE + BN-KL (keep-best)."""
+        """PMI Sec. 3.3 step 2: Adam on the image against feature MSE + BN-KL (keep-best).
+
+        The solve donates its start; a public call works on a copy, so the caller's `x0` stays
+        usable (e.g. to compare several refinements from one start in a notebook)."""
+        x0 = jnp.array(x0, copy=True)
         x, history, terms = self._solve(self.full_loop(), variables, x0, z, self.cfg.full_steps,
                                         2, "PMI full model", progress)
         return x, history.get("loss", np.zeros(0)), terms
