@@ -51,6 +51,10 @@ def test_per_layer_phase_lowers_every_block_loss_and_beats_full_model_inversion(
     # The returned images really have that feature error.
     f = model.apply(variables, res.images, method=model.features)
     np.testing.assert_allclose(float(losses.feature_matching(f, targets)), res.feature_mse, rtol=1e-4)
+    # The public refinement leaves its start usable (the solve donates only a copy of it).
+    x_a, _, _ = inv.full_model_refinement(variables, res.images, targets, progress=False)
+    x_b, _, _ = inv.full_model_refinement(variables, res.images, targets, progress=False)
+    np.testing.assert_array_equal(np.asarray(x_a), np.asarray(x_b))
 
 
 def test_each_block_solve_compiles_once_and_is_reused(trained_teacher, targets):

@@ -372,9 +372,12 @@ class PMIInverter:
     def full_model_refinement(self, variables, x0, z, progress: bool = True):
         """PMI Sec. 3.3 step 2: Adam on the image against feature MSE + BN-KL (keep-best).
 
-        The solve donates its start; a public call works on a copy, so the caller's `x0` stays
-        usable (e.g. to compare several refinements from one start in a notebook)."""
-        x0 = jnp.array(x0, copy=True)
+        The solve donates its start, so this public entry works on a copy: the caller's `x0`
+        stays usable (e.g. several refinements from one start in a notebook)."""
+        return self._refine(variables, jnp.array(x0, copy=True), z, progress)
+
+    def _refine(self, variables, x0, z, progress: bool):
+        """`full_model_refinement` consuming `x0` (its buffer is donated to the solve)."""
         x, history, terms = self._solve(self.full_loop(), variables, x0, z, self.cfg.full_steps,
                                         2, "PMI full model", progress)
         return x, history.get("loss", np.zeros(0)), terms
@@ -416,7 +419,7 @@ class PMIInverter:
             zg = self._place(padded[g * rows:(g + 1) * rows], rows)
             k = jax.random.fold_in(rng, g)
             x1, curves, records = self.per_layer_inversion(variables, zg, image_shape, k, progress)
-            x, curve, terms = self.full_model_refinement(variables, x1, zg, progress)
+            x, curve, terms = self._refine(variables, x1, zg, progress)  # x1 not reused
             images.append(x)
             full_curves.append(curve)
             block_curves = block_curves or curves
