@@ -14,6 +14,8 @@ first-task loss), so e.g. finetune, lwf, abd and pmi share task 1. The choice is
 cell's config, so a resumed sweep makes the same one. `ROOT/sweep.json` records each cell's status
 and wall time; at the end `experiments.report` writes the tables. Compiled XLA programs are
 cached in `ROOT/.jax_cache` (`JAX_COMPILATION_CACHE_DIR`), so later cells skip most compiling.
+`--jobs=N` runs N cells at once: a cell starts when its seed's `joint` cell has ended and its
+first-task donor has saved its model, so parallel and sequential sweeps produce the same links.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +127,28 @@ def signature(cell: Cell, overrides: list[str]) -> dict:
     return first_task_signature(c, get_method(c.method))
 
 
-def links_of(cell: Cell, cells: list[Cell], overrides: list[str], sigs: dict) -> dict:
+def donors_of(cells: list[Cell], overrides: list[str]) -> dict:
+    """Each cell's first-task donor: the first earlier cell of the same seed whose first-task
+    signature agrees (a fixed choice, so parallel and sequential sweeps link the same way)."""
+    sigs = {c.name: signature(c, overrides) for c in cells}
+    donors = {}
+    for i, cell in enumerate(cells):
+        donors[cell.name] = next((d for d in cells[:i] if d.seed == cell.seed
+                                  and sigs[d.name] == sigs[cell.name]), None)
+    return donors
+
+
+def joint_of(cell: Cell, cells: list[Cell]) -> Cell | None:
+    """The upper-bound (`joint`) cell of the same task count and seed, if in the grid."""
+    return next((c for c in cells if c.method == "joint" and c.tasks == cell.tasks
+                 and c.seed == cell.seed and c is not cell), None)
+
+
+def has_first_task_model(cell: Cell) -> bool:
+    return os.path.exists(os.path.join(cell.workdir, "first_task_model.json"))
+
+
+def links_of(cell: Cell, cells: list[Cell], donor: Cell | None) -> dict:
     """`first_task_from` and `upper_bound_workdir` for `cell` (kept from its config if resumed)."""
     saved = os.path.join(cell.workdir, "config.json")
     if os.path.exists(saved):
@@ -133,21 +157,21 @@ def links_of(cell: Cell, cells: list[Cell], overrides: list[str], sigs: dict) ->
         return {"first_task_from": c.get("first_task_from", ""),
                 "upper_bound_workdir": c.get("upper_bound_workdir", "")}
     out = {"first_task_from": "", "upper_bound_workdir": ""}
-    joint = [c for c in cells if c.method == "joint" and c.tasks == cell.tasks
-             and c.seed == cell.seed and c is not cell]
-    if cell.method != "joint" and joint and is_finished(joint[0].workdir):
-        out["upper_bound_workdir"] = joint[0].workdir
-    for donor in cells:
-        if donor is cell:
-            break
-        if donor.seed != cell.seed or not os.path.exists(
-                os.path.join(donor.workdir, "first_task_model.json")):
-            continue
-        if sigs.setdefault(donor.name, signature(donor, overrides)) == \
-                sigs.setdefault(cell.name, signature(cell, overrides)):
-            out["first_task_from"] = donor.workdir
-            break
+    joint = joint_of(cell, cells)
+    if cell.method != "joint" and joint is not None and is_finished(joint.workdir):
+        out["upper_bound_workdir"] = joint.workdir
+    if donor is not None and has_first_task_model(donor):
+        out["first_task_from"] = donor.workdir
     return out
+
+
+def is_ready(cell: Cell, cells: list[Cell], donor: Cell | None, settled: set) -> bool:
+    """A cell starts once its joint cell has ended (for Omega) and its donor has saved its
+    first-task model or ended (a failed donor leaves the cell to train task 1 itself)."""
+    joint = joint_of(cell, cells)
+    if cell.method != "joint" and joint is not None and joint.name not in settled:
+        return False
+    return donor is None or donor.name in settled or has_first_task_model(donor)
 
 
 def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> int:
@@ -167,49 +191,91 @@ def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> in
         return subprocess.call(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
 def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[int], root: str,
-          overrides: list[str] = (), report: bool = True) -> dict:
-    """Run every unfinished cell; returns the sweep state written to ROOT/sweep.json."""
+          overrides: list[str] = (), report: bool = True, jobs: int = 1) -> dict:
+    """Run every unfinished cell, `jobs` at a time; returns the state written to ROOT/sweep.json.
+
+    With jobs > 1 each cell's XLA runs single-threaded on the CPU (unless XLA_FLAGS is set):
+    on 2 cores two such cells finish in 0.78 of the time of running them one after another.
+    """
+    if jobs < 1:
+        raise SystemExit(f"error: --jobs={jobs} must be >= 1")
     root = os.path.abspath(root)
     os.makedirs(root, exist_ok=True)
+    overrides = list(overrides)
     cells = build_grid(config, methods, tasks, seeds, root)
+    donors = donors_of(cells, overrides)
     state_path = os.path.join(root, "sweep.json")
     state = {"config": config, "methods": methods, "tasks": tasks, "seeds": seeds,
-             "overrides": list(overrides), "cells": {}}
+             "overrides": overrides, "jobs": jobs, "cells": {}}
     if os.path.exists(state_path):
         with open(state_path) as f:
             state["cells"] = json.load(f).get("cells", {})
-    sigs: dict = {}
-    for i, cell in enumerate(cells):
+
+    def save():
+        with open(state_path, "w") as f:
+            json.dump(state, f, indent=1)
+
+    if jobs > 1:
+        os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA)
+    index = {c.name: i for i, c in enumerate(cells)}
+    settled, pending = set(), []
+    for cell in cells:
         entry = state["cells"].setdefault(cell.name, {"method": cell.method, "tasks": cell.tasks,
                                                       "seed": cell.seed, "wall_s": 0.0})
         if is_finished(cell.workdir):
             entry["status"] = "done"
-            print(f"[{i + 1}/{len(cells)}] {cell.name}: finished, skipped", flush=True)
-            continue
-        links = links_of(cell, cells, list(overrides), sigs)
-        shared = f" (task 1 from {os.path.basename(links['first_task_from'])})" \
-            if links["first_task_from"] else ""
-        print(f"[{i + 1}/{len(cells)}] {cell.name}: running{shared}", flush=True)
-        start = time.time()
-        os.makedirs(cell.workdir, exist_ok=True)
-        rc = None
-        try:
-            rc = run_cell(cell, links, list(overrides), os.path.join(cell.workdir, "sweep.log"))
-        finally:  # an interrupted cell keeps the time it ran (the next sweep adds the rest)
+            settled.add(cell.name)
+            print(f"[{index[cell.name] + 1}/{len(cells)}] {cell.name}: finished, skipped",
+                  flush=True)
+        else:
+            pending.append(cell)
+    running: dict = {}  # future -> (cell, start time)
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        while pending or running:
+            for cell in [c for c in pending
+                         if is_ready(c, cells, donors[c.name], settled)][:jobs - len(running)]:
+                pending.remove(cell)
+                links = links_of(cell, cells, donors[cell.name])
+                state["cells"][cell.name].update(links)
+                shared = f" (task 1 from {os.path.basename(links['first_task_from'])})" \
+                    if links["first_task_from"] else ""
+                print(f"[{index[cell.name] + 1}/{len(cells)}] {cell.name}: running{shared}",
+                      flush=True)
+                os.makedirs(cell.workdir, exist_ok=True)
+                future = pool.submit(run_cell, cell, links, overrides,
+                                     os.path.join(cell.workdir, "sweep.log"))
+                running[future] = (cell, time.time())
+            if not running:  # nothing ready and nothing running cannot happen; guard anyway
+                raise RuntimeError(f"sweep: no cell can start: {[c.name for c in pending]}")
+            done, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell, start = running[future]
+                rc = future.result()  # a KeyboardInterrupt in a cell propagates from here
+                del running[future]
+                entry = state["cells"][cell.name]
+                entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - start, 1)
+                entry["status"] = ("done" if rc == 0 and is_finished(cell.workdir)
+                                   else f"failed (rc {rc})")
+                settled.add(cell.name)
+                print(f"    {cell.name}: {entry['status']} in {time.time() - start:.0f} s"
+                      + ("" if rc == 0 else f"; see {cell.workdir}/sweep.log"), flush=True)
+                save()
+    except BaseException:
+        # An interrupted cell keeps the time it ran (the next sweep adds the rest).
+        for cell, start in running.values():
+            entry = state["cells"][cell.name]
             entry["wall_s"] = round(entry.get("wall_s", 0.0) + time.time() - start, 1)
-            if rc is None:
-                entry["status"] = "interrupted"
-                with open(state_path, "w") as f:
-                    json.dump(state, f, indent=1)
-        entry["status"] = "done" if rc == 0 and is_finished(cell.workdir) else f"failed (rc {rc})"
-        entry.update(links)
-        print(f"    {entry['status']} in {time.time() - start:.0f} s"
-              + ("" if rc == 0 else f"; see {cell.workdir}/sweep.log"), flush=True)
-        with open(state_path, "w") as f:
-            json.dump(state, f, indent=1)
-    with open(state_path, "w") as f:
-        json.dump(state, f, indent=1)
+            entry["status"] = "interrupted"
+        save()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    save()
     if report:
         from experiments.report import write_report
 
@@ -233,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--root", required=True, help="directory holding one workdir per cell")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="config override for every cell (as --config.FIELD=VALUE)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once (CPU: 2 on 2 cores; keep 1 on one accelerator)")
     p.add_argument("--no-report", action="store_true")
     a = p.parse_args(argv)
     from dfcl_jax.methods import METHODS
@@ -243,7 +311,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --methods: unknown {', '.join(unknown)}; allowed: "
                          f"{', '.join(sorted(METHODS))}")
     tasks = int_list(a.tasks) or [None]
-    state = sweep(a.config, methods, tasks, int_list(a.seeds), a.root, a.set, not a.no_report)
+    state = sweep(a.config, methods, tasks, int_list(a.seeds), a.root, a.set, not a.no_report,
+                  a.jobs)
     failed = [k for k, v in state["cells"].items() if v.get("status") != "done"]
     if failed:
         print(f"{len(failed)} cell(s) not finished: {', '.join(failed)}", file=sys.stderr)

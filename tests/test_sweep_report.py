@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -125,3 +127,44 @@ def test_sweep_rejects_bad_arguments_before_running(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--methods: unknown nope"):
         sweep.main([f"--config={FMNIST}", "--methods=finetune,nope", f"--root={tmp_path}"])
     assert runner.calls == []
+
+
+class SlowRunner(FakeRunner):
+    """FakeRunner that takes a moment and records which cells ran at the same time."""
+
+    def __init__(self):
+        super().__init__()
+        self.active, self.overlaps, self.lock = set(), [], threading.Lock()
+
+    def __call__(self, cell, links, overrides, log_path):
+        with self.lock:
+            self.active.add(cell.name)
+            self.overlaps.append(sorted(self.active))
+        time.sleep(0.3)
+        rc = super().__call__(cell, links, overrides, log_path)
+        with self.lock:
+            self.active.discard(cell.name)
+        return rc
+
+
+def test_parallel_sweep_links_like_the_sequential_one(tmp_path, monkeypatch):
+    methods = ["finetune", "joint", "lwf_mc", "lwf"]
+    serial, parallel = FakeRunner(), SlowRunner()
+    monkeypatch.setattr(sweep, "run_cell", serial)
+    sweep.sweep(FMNIST, methods, [None], [0, 1], str(tmp_path / "a"), report=False)
+    monkeypatch.setattr(sweep, "run_cell", parallel)
+    state = sweep.sweep(FMNIST, methods, [None], [0, 1], str(tmp_path / "b"), report=False,
+                        jobs=2)
+    assert all(v["status"] == "done" for v in state["cells"].values())
+
+    def rel(calls, root):
+        return {n: {k: os.path.relpath(v, root) if v else "" for k, v in links.items()}
+                for n, links in calls}
+
+    assert rel(parallel.calls, tmp_path / "b") == rel(serial.calls, tmp_path / "a")
+    # Two cells did run at once, and no cell ran beside its own seed's joint cell.
+    assert max(len(a) for a in parallel.overlaps) == 2
+    for active in parallel.overlaps:
+        for name in active:
+            seed = name.rsplit("_s", 1)[1]
+            assert name.startswith("joint") or f"joint_T2_s{seed}" not in active
