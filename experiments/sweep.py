@@ -174,10 +174,17 @@ def is_ready(cell: Cell, cells: list[Cell], donor: Cell | None, settled: set) ->
     return donor is None or donor.name in settled or has_first_task_model(donor)
 
 
-def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> int:
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str,
+             single_thread: bool = False) -> int:
     """One cell as its own `experiments.run` process; XLA's compiled programs are cached on disk
-    under the sweep root, so cells with the same shapes (e.g. other seeds) skip compilation."""
+    under the sweep root, so cells with the same shapes (e.g. other seeds) skip compilation.
+    `single_thread`: one CPU thread for XLA (unless XLA_FLAGS is set), for parallel cells."""
     env = dict(os.environ)
+    if single_thread:
+        env.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA)
     env.setdefault("JAX_COMPILATION_CACHE_DIR",
                    os.path.join(os.path.dirname(cell.workdir), ".jax_cache"))
     cmd = [sys.executable, "-m", "experiments.run",
@@ -189,9 +196,6 @@ def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str) -> in
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
         return subprocess.call(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[int], root: str,
@@ -219,8 +223,6 @@ def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[
         with open(state_path, "w") as f:
             json.dump(state, f, indent=1)
 
-    if jobs > 1:
-        os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA)
     index = {c.name: i for i, c in enumerate(cells)}
     settled, pending = set(), []
     for cell in cells:
@@ -248,7 +250,7 @@ def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[
                       flush=True)
                 os.makedirs(cell.workdir, exist_ok=True)
                 future = pool.submit(run_cell, cell, links, overrides,
-                                     os.path.join(cell.workdir, "sweep.log"))
+                                     os.path.join(cell.workdir, "sweep.log"), jobs > 1)
                 running[future] = (cell, time.time())
             if not running:  # nothing ready and nothing running cannot happen; guard anyway
                 raise RuntimeError(f"sweep: no cell can start: {[c.name for c in pending]}")

@@ -74,7 +74,7 @@ class FakeRunner:
     def __init__(self, interrupt_at=None):
         self.calls, self.interrupt_at = [], interrupt_at
 
-    def __call__(self, cell, links, overrides, log_path):
+    def __call__(self, cell, links, overrides, log_path, single_thread=False):
         self.calls.append((cell.name, dict(links)))
         if len(self.calls) == self.interrupt_at:
             with open(os.path.join(cell.workdir, "config.json"), "w") as f:
@@ -136,12 +136,13 @@ class SlowRunner(FakeRunner):
         super().__init__()
         self.active, self.overlaps, self.lock = set(), [], threading.Lock()
 
-    def __call__(self, cell, links, overrides, log_path):
+    def __call__(self, cell, links, overrides, log_path, single_thread=False):
+        assert single_thread  # parallel cells run XLA on one thread each
         with self.lock:
             self.active.add(cell.name)
             self.overlaps.append(sorted(self.active))
         time.sleep(0.3)
-        rc = super().__call__(cell, links, overrides, log_path)
+        rc = super().__call__(cell, links, overrides, log_path, single_thread)
         with self.lock:
             self.active.discard(cell.name)
         return rc
