@@ -36,7 +36,7 @@ from dfcl_jax.inversion.pmi import PMIConfig, PMIInverter
 from dfcl_jax.inversion.projection import ProjectionConfig, project_classes
 from dfcl_jax.methods.base import register, require_positive
 from dfcl_jax.methods.rdfcil import l1_logit_kd, rdfcil_factors
-from dfcl_jax.methods.replay import ReplayMethod, SyntheticSource, register_source
+from dfcl_jax.methods.replay import ReplayMethod, SyntheticSource, dataclass_kwargs, register_source
 from dfcl_jax.models.clip import l2_normalize, pretrained_variables
 from dfcl_jax.models.heads import mask_logits
 
@@ -47,12 +47,6 @@ CLIP_PMI = PMIConfig(
     rf_scale_by_blocks=False, input_prior=False, full_steps=600, full_lr=0.01,
     full_schedule="cosine", full_cosine_steps=2000, full_warmup=0, full_milestones=(),
     full_bn=0.002, full_tv=0.005, micro_batch=100)
-
-
-def _fields(cls, sub) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in sub.items()
-            if k in names}
 
 
 @register_source
@@ -71,10 +65,10 @@ class CLIPPMISource(SyntheticSource):
         return {"clip_inversion": p, "projection": proj}
 
     def pmi_config(self) -> PMIConfig:
-        return PMIConfig(**_fields(PMIConfig, self.cfg.clip_inversion))
+        return PMIConfig(**dataclass_kwargs(PMIConfig, self.cfg.clip_inversion))
 
     def projection_config(self) -> ProjectionConfig:
-        return ProjectionConfig(**_fields(ProjectionConfig, self.cfg.projection))
+        return ProjectionConfig(**dataclass_kwargs(ProjectionConfig, self.cfg.projection))
 
     def validate(self):
         for sub, check in (("clip_inversion", self.pmi_config),

@@ -21,13 +21,7 @@ from dfcl_jax.inversion import feature_model as fm
 from dfcl_jax.inversion.pmi import PMIConfig, PMIInverter
 from dfcl_jax.methods.base import register
 from dfcl_jax.methods.rdfcil import RDFCIL
-from dfcl_jax.methods.replay import SyntheticSource, register_source
-
-
-def _fields(cls, sub) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in sub.items()
-            if k in names}
+from dfcl_jax.methods.replay import SyntheticSource, dataclass_kwargs, register_source
 
 
 @register_source
@@ -46,10 +40,10 @@ class PMISource(SyntheticSource):
         return {"pmi": p, "feature_model": f}
 
     def pmi_config(self) -> PMIConfig:
-        return PMIConfig(**_fields(PMIConfig, self.cfg.pmi))
+        return PMIConfig(**dataclass_kwargs(PMIConfig, self.cfg.pmi))
 
     def feature_config(self) -> fm.FeatureModelConfig:
-        return fm.FeatureModelConfig(**_fields(fm.FeatureModelConfig, self.cfg.feature_model))
+        return fm.FeatureModelConfig(**dataclass_kwargs(fm.FeatureModelConfig, self.cfg.feature_model))
 
     def validate(self):
         for check in (self.pmi_config, self.feature_config):

@@ -8,6 +8,7 @@ PMI's inverted images ("compatible with various CL strategies").
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import jax
@@ -48,6 +49,13 @@ class SyntheticSource:
     def batch(self, model, ctx: StepContext, n: int):
         """`n` synthetic images (normalised space) and their labels, inside the jitted step."""
         raise NotImplementedError
+
+
+def dataclass_kwargs(cls, sub) -> dict:
+    """The entries of config block `sub` that are fields of dataclass `cls` (lists as tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in sub.items()
+            if k in names}
 
 
 def register_source(cls: type[SyntheticSource]) -> type[SyntheticSource]:
