@@ -1,11 +1,12 @@
 """Inversion time-to-quality: PMI (per-layer + 160 full-model steps) vs full-model inversion from
-noise (same loss, 2,000 steps) vs the ABD generator, for one trained teacher and one set of targets.
+noise (same loss, 2,000 steps, and the same run stopped at PMI's wall time) vs the ABD generator,
+for one trained teacher and one set of targets.
 
     python -m benchmarks.inversion_quality [--targets 250] [--full-steps 2000] [--out DIR]
 
 Teacher: the Fashion-MNIST CPU-budget ResNet-14 (widths 8/16/32) trained on all 10 classes for
 `--teacher-epochs` epochs (cached in `--out`), or `--data cifar` for a briefly trained ResNet-32 on
-generated CIFAR-shaped data. Targets: per-class Gaussians of the teacher's features with CFS
+generated CIFAR-shaped data (`--variant pmi`: PMI's ResNet-32 flavour). Targets: per-class Gaussians of the teacher's features with CFS
 (PMI's own targets). For each method, after compilation: wall time, feature MSE to the targets,
 BN-KL (kl_pmi summed over every BatchNorm) and the real-test accuracy of a fresh student distilled
 (KD, T = 2) only on that method's images. Prints a table, writes `inversion_quality.json` and
@@ -46,6 +47,8 @@ def teacher_config(a):
     else:
         c = fashion_mnist.get_config("method=joint,tasks=1")
         c.data.train_per_class = a.train_per_class
+    if a.variant:
+        c.model.variant = a.variant
     c.train.epochs = a.teacher_epochs
     c.train.lr_milestones = ()
     c.runtime.progress = False
@@ -106,6 +109,8 @@ def distill_student(run, teacher, images, a, seed=0):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "cifar"])
+    p.add_argument("--variant", default=None, choices=["abd", "pmi"],
+                   help="CIFAR ResNet variant of the teacher (default: the config's, abd)")
     p.add_argument("--targets", type=int, default=250)
     p.add_argument("--full-steps", type=int, default=2000)
     p.add_argument("--generator-steps", type=int, default=1000)
@@ -176,6 +181,19 @@ def main(argv=None):
     reach = np.flatnonzero(curves["full_model"][1] <= results["pmi"]["feature_mse"])
     results["full_model"]["seconds_to_pmi_mse"] = (float(curves["full_model"][0][reach[0]])
                                                    if len(reach) else None)
+    # Where each phase starts: the feature MSE of PMI's per-layer image and of the noise.
+    results["pmi"]["start_feature_mse"] = float(inv.full_loop()[1].last_history["mse"][0])
+    results["full_model"]["start_feature_mse"] = float(curves["full_model"][1][0])
+
+    # (b') The same full-model run stopped at PMI's wall time (equal-time comparison): its first
+    # steps are those of (b) (the step schedule does not depend on the step count).
+    n_eq = max(int(np.sum(curves["full_model"][0] <= results["pmi"]["wall_s"])), 1)
+    xe, _, _ = inv_b.full_model_refinement(teacher, x0, z, progress=False, steps=n_eq)
+    results["full_model_equal_time"] = {"wall_s": float(curves["full_model"][0][n_eq - 1]),
+                                        "compile_s": 0.0, "steps": n_eq}
+    r = results["full_model_equal_time"]
+    r["feature_mse"], r["bn_kl"] = quality(model, teacher, xe, z)
+    r["student_accuracy"] = distill_student(run, teacher, xe, a)
 
     # (c) The ABD generator (FMNIST CPU budget: width 32, batch 64), `--generator-steps` steps.
     g = GeneratorConfig(steps=a.generator_steps, batch_size=64, chunk=a.chunk, unroll=bool(a.unroll))
@@ -206,6 +224,10 @@ def main(argv=None):
     out["pmi_matches_full_model"] = {
         "feature_mse": pmi["feature_mse"] <= full["feature_mse"],
         "student_accuracy": pmi["student_accuracy"] >= full["student_accuracy"]}
+    eq = results["full_model_equal_time"]
+    out["pmi_beats_full_model_at_equal_time"] = {
+        "feature_mse": pmi["feature_mse"] <= eq["feature_mse"],
+        "student_accuracy": pmi["student_accuracy"] >= eq["student_accuracy"]}
     with open(os.path.join(a.out, "inversion_quality.json"), "w") as f:
         json.dump(out, f, indent=1, default=float)
     plot(os.path.join(a.out, "inversion_quality.png"), curves, pmi["per_layer_s"])
@@ -223,7 +245,10 @@ def table(out) -> str:
         mse = "-" if r["feature_mse"] is None else f"{r['feature_mse']:.4f}"
         rows.append(f"| {name} | {r['steps']} | {r['wall_s']:.1f} | {r['compile_s']:.1f} | {mse} | "
                     f"{r['bn_kl']:.3f} | {100 * r['student_accuracy']:.2f} |")
-    rows.append(f"\nPMI / full-model wall time: {out['pmi_over_full_model_wall']:.3f}; "
+    r = out["results"]
+    rows.append(f"\nFeature MSE at the start of the full-model phase: PMI's per-layer image "
+                f"{r['pmi']['start_feature_mse']:.3f}, noise {r['full_model']['start_feature_mse']:.3f}")
+    rows.append(f"PMI / full-model wall time: {out['pmi_over_full_model_wall']:.3f}; "
                 f"PMI / ABD generator (10,000 steps, extrapolated): "
                 f"{out['pmi_over_generator_10k_wall']:.4f}; device {out['device']}")
     return "\n".join(rows)
@@ -238,6 +263,7 @@ def plot(path, curves, per_layer_s):
         t, v = curves[name]
         ax.plot(t, v, label=name)
     ax.axvspan(0, per_layer_s, color="grey", alpha=0.2, label="PMI per-layer phase")
+    ax.axvline(curves["pmi"][0][-1], color="C0", ls=":", label="PMI done (equal-time point)")
     ax.set_xlabel("wall time after compilation (s)")
     ax.set_ylabel("feature MSE to the targets")
     ax.set_yscale("log")

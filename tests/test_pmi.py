@@ -57,6 +57,22 @@ def test_per_layer_phase_lowers_every_block_loss_and_beats_full_model_inversion(
     np.testing.assert_array_equal(np.asarray(x_a), np.asarray(x_b))
 
 
+def test_refinement_stopped_early_is_the_start_of_the_longer_run(trained_teacher, targets):
+    """`steps=k` runs the first k steps of the same schedule (the equal-time benchmark row)."""
+    model, variables = trained_teacher
+    inv = PMIInverter(model, CFG)
+    x0 = jax.random.normal(jax.random.key(3), (targets.shape[0], 32, 32, 1))
+    x_short, curve_short, _ = inv.full_model_refinement(variables, x0, targets, False, steps=7)
+    _, curve_long, _ = inv.full_model_refinement(variables, x0, targets, False)
+    assert len(curve_short) == 7 and len(curve_long) == CFG.full_steps
+    np.testing.assert_allclose(curve_short, curve_long[:7], rtol=1e-5)
+    fresh = PMIInverter(model, dataclasses.replace(CFG, full_steps=7))
+    x_fresh, _, _ = fresh.full_model_refinement(variables, x0, targets, False)
+    np.testing.assert_allclose(np.asarray(x_short), np.asarray(x_fresh), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="steps=0"):
+        inv.full_model_refinement(variables, x0, targets, False, steps=0)
+
+
 def test_each_block_solve_compiles_once_and_is_reused(trained_teacher, targets):
     model, variables = trained_teacher
     inv = PMIInverter(model, dataclasses.replace(CFG, micro_batch=24))
@@ -114,6 +130,8 @@ def test_block_moments_are_those_of_the_block_alone(trained_teacher):
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="pmi.block_lr"):
         PMIConfig(block_lr=0).validate()
+    with pytest.raises(ValueError, match="pmi.full_steps"):
+        PMIConfig(full_steps=0).validate()
     with pytest.raises(ValueError, match="pmi.boost_cap_mse"):
         PMIConfig(boost_cap_mse=0.5).validate()
 

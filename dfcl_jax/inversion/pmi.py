@@ -73,10 +73,11 @@ class PMIConfig:
     unroll: bool = True  # unroll each chunk (XLA:CPU while loops are slow); GPU/TPU: False
 
     def validate(self) -> None:
-        for f in ("block_lr", "full_lr", "a_mse", "micro_batch", "chunk"):
+        for f in ("block_lr", "full_lr", "a_mse", "micro_batch", "chunk", "block_steps",
+                  "full_steps"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"pmi.{f}={getattr(self, f)} must be > 0")
-        for f in ("block_steps", "full_steps", "full_warmup", "rf_per_block", "full_bn"):
+        for f in ("full_warmup", "rf_per_block", "full_bn"):
             if getattr(self, f) < 0:
                 raise ValueError(f"pmi.{f}={getattr(self, f)} must be >= 0")
         for f in ("boost_cap_mse", "boost_cap_bn", "boost_cap_input"):
@@ -369,16 +370,21 @@ class PMIInverter:
             target = x
         return target, curves, records
 
-    def full_model_refinement(self, variables, x0, z, progress: bool = True):
+    def full_model_refinement(self, variables, x0, z, progress: bool = True,
+                              steps: int | None = None):
         """PMI Sec. 3.3 step 2: Adam on the image against feature MSE + BN-KL (keep-best).
 
-        The solve donates its start, so this public entry works on a copy: the caller's `x0`
-        stays usable (e.g. several refinements from one start in a notebook)."""
-        return self._refine(variables, jnp.array(x0, copy=True), z, progress)
+        `steps` (default `full_steps`) stops the same schedule earlier or later without a new
+        compilation. The solve donates its start, so this public entry works on a copy: the
+        caller's `x0` stays usable (e.g. several refinements from one start in a notebook)."""
+        return self._refine(variables, jnp.array(x0, copy=True), z, progress, steps)
 
-    def _refine(self, variables, x0, z, progress: bool):
+    def _refine(self, variables, x0, z, progress: bool, steps: int | None = None):
         """`full_model_refinement` consuming `x0` (its buffer is donated to the solve)."""
-        x, history, terms = self._solve(self.full_loop(), variables, x0, z, self.cfg.full_steps,
+        steps = self.cfg.full_steps if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"full-model steps={steps} must be >= 1")
+        x, history, terms = self._solve(self.full_loop(), variables, x0, z, steps,
                                         2, "PMI full model", progress)
         return x, history.get("loss", np.zeros(0)), terms
 
