@@ -6,10 +6,10 @@ for one trained teacher and one set of targets.
 
 Teacher: the Fashion-MNIST CPU-budget ResNet-14 (widths 8/16/32) trained on all 10 classes for
 `--teacher-epochs` epochs (cached in `--out`), or `--data cifar` for a briefly trained ResNet-32 on
-generated CIFAR-shaped data (`--variant pmi`: PMI's ResNet-32 flavour). Targets: per-class Gaussians of the teacher's features with CFS
-(PMI's own targets). For each method, after compilation: wall time, feature MSE to the targets,
-BN-KL (kl_pmi summed over every BatchNorm) and the real-test accuracy of a fresh student distilled
-(KD, T = 2) only on that method's images. Prints a table, writes `inversion_quality.json` and
+generated CIFAR-shaped data (`--variant pmi`: PMI's ResNet-32 flavour). Targets: per-class
+Gaussians of the teacher's features with CFS (PMI's own targets). For each method, after
+compilation: wall time, feature MSE to the targets, BN-KL (kl_pmi summed over every BatchNorm)
+and the real-test accuracy of a fresh student distilled (KD, T = 2) only on that method's images. Prints a table, writes `inversion_quality.json` and
 `inversion_quality.png` (loss vs wall time) to `--out`.
 """
 
@@ -190,7 +190,7 @@ def main(argv=None):
     n_eq = max(int(np.sum(curves["full_model"][0] <= results["pmi"]["wall_s"])), 1)
     xe, _, _ = inv_b.full_model_refinement(teacher, x0, z, progress=False, steps=n_eq)
     results["full_model_equal_time"] = {"wall_s": float(curves["full_model"][0][n_eq - 1]),
-                                        "compile_s": 0.0, "steps": n_eq}
+                                        "compile_s": None, "steps": n_eq}  # (b)'s loop
     r = results["full_model_equal_time"]
     r["feature_mse"], r["bn_kl"] = quality(model, teacher, xe, z)
     r["student_accuracy"] = distill_student(run, teacher, xe, a)
@@ -243,7 +243,8 @@ def table(out) -> str:
             "|---|---|---|---|---|---|---|"]
     for name, r in out["results"].items():
         mse = "-" if r["feature_mse"] is None else f"{r['feature_mse']:.4f}"
-        rows.append(f"| {name} | {r['steps']} | {r['wall_s']:.1f} | {r['compile_s']:.1f} | {mse} | "
+        comp = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        rows.append(f"| {name} | {r['steps']} | {r['wall_s']:.1f} | {comp} | {mse} | "
                     f"{r['bn_kl']:.3f} | {100 * r['student_accuracy']:.2f} |")
     r = out["results"]
     rows.append(f"\nFeature MSE at the start of the full-model phase: PMI's per-layer image "
