@@ -10,6 +10,15 @@ timed over `--steps` steps blocking on every call (chunked inversion loops: per 
 several `--conv-impl` values the variants are timed interleaved, call by call, in this process.
 `--devices N` fakes N CPU devices (XLA_FLAGS, set before JAX starts) and shards batches over them.
 Prints a table and, with `--json`, writes every row.
+
+    python -m benchmarks.run --vs-torch [--only train,deepinversion,abd_generator] [--json out.json]
+
+`--vs-torch` (needs the `bench` extra, PyTorch CPU) times each benchmark's JAX step and the
+PyTorch reference of the same operations (`benchmarks/torch_reference.py`: train,
+deepinversion, abd_generator, abd_student, pmi_block, pmi_full) interleaved call by call in this
+process, after warming both up, with torch on as many threads as XLA:CPU uses
+(`--torch-threads`); it prints ms per step (median, p25-p75) of each side and the ratio
+ours/PyTorch, and `--json` adds the date, machine, load averages and versions.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import sys
 import time
 
@@ -42,6 +52,12 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=int, default=10, help="classes for CFS / feature fitting")
     p.add_argument("--per-class", type=int, default=500, help="features (targets) per class")
     p.add_argument("--encoder-epochs", type=int, default=20, help="contrastive encoder epochs")
+    p.add_argument("--vs-torch", action="store_true",
+                   help="time each step against its PyTorch reference, interleaved (bench extra)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads for --vs-torch (0: as XLA:CPU, the usable cores)")
+    p.add_argument("--torch-channels-last", action="store_true",
+                   help="--vs-torch: torch models and inputs in channels_last memory format")
     a = p.parse_args(argv)
     a.targets = a.targets or a.batch
     return a
@@ -82,10 +98,150 @@ def table(rows: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+TORCH_MISSING = ("--vs-torch needs PyTorch, which is not importable here ({err}). Install the "
+                 "project's `bench` extra: pip install -e '.[bench]' (a CPU build of torch; with "
+                 "a CUDA build pulled in instead, pip install torch==2.13.0 takes the CPU wheel "
+                 "where one is on disk).")
+
+
+def machine_info() -> dict:
+    """nproc, usable cores and CPU model (/proc/cpuinfo) of this machine."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"nproc": os.cpu_count(), "usable_cores": usable, "cpu_model": model,
+            "host": platform.node()}
+
+
+def _spread(ms) -> dict:
+    import numpy as np
+
+    q = np.percentile(np.asarray(ms, float), [0, 25, 50, 75, 100])
+    return dict(zip(("min_ms", "p25_ms", "median_ms", "p75_ms", "max_ms"),
+                    (round(float(v), 2) for v in q)))
+
+
+def vs_torch_table(rows: list[dict], header: list[str]) -> str:
+    """A Markdown table of --vs-torch rows: ms per step of both sides and ours/PyTorch."""
+    lines = header + ["", "| benchmark | batch | ours ms/step median (p25-p75) "
+                      "| PyTorch ms/step median (p25-p75) | ratio ours/PyTorch "
+                      "| per-call ratio median (p25-p75) | calls x steps |", "|" + "---|" * 7]
+    for r in rows:
+        o, t, p = r["ours"], r["torch"], r["paired_ratio"]
+        lines.append(
+            f"| {r['benchmark']} | {r['batch']} | {o['median_ms']:.1f} ({o['p25_ms']:.1f}-"
+            f"{o['p75_ms']:.1f}) | {t['median_ms']:.1f} ({t['p25_ms']:.1f}-{t['p75_ms']:.1f}) "
+            f"| {r['ratio']:.2f} | {p['median']:.2f} ({p['p25']:.2f}-{p['p75']:.2f}) "
+            f"| {r['calls']} x {r['steps_per_call']} |")
+    return "\n".join(lines)
+
+
+def vs_torch(a) -> list[dict]:
+    """`--vs-torch`: each JAX step and its PyTorch reference, interleaved in this process."""
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit(TORCH_MISSING.format(err=e)) from None
+    import jax
+    import jaxlib
+    import numpy as np
+
+    from benchmarks import suite
+    from benchmarks import torch_reference as ref
+    from benchmarks.common import device_description, time_cases
+    from dfcl_jax.train import mesh as mesh_lib
+
+    names = [n for n in a.only.split(",") if n] or list(ref.BUILDERS)
+    unknown = [n for n in names if n not in ref.BUILDERS]
+    if unknown:
+        raise SystemExit(f"no PyTorch reference for {unknown}; --vs-torch allows: "
+                         f"{', '.join(ref.BUILDERS)}")
+    if jax.default_backend() != "cpu":
+        print(f"# note: JAX runs on {jax.default_backend()}, the PyTorch reference on the CPU",
+              flush=True)
+    threads = ref.set_threads(a.torch_threads or None)
+    ref.CHANNELS_LAST = a.torch_channels_last
+    memory = "channels_last" if a.torch_channels_last else "NCHW contiguous"
+    impls = [i for i in a.conv_impl.split(",") if i]
+    mesh = mesh_lib.make_mesh()
+    if a.batch % mesh.size or a.targets % mesh.size:
+        raise SystemExit(f"--batch {a.batch} and --targets {a.targets} must divide over "
+                         f"{mesh.size} devices")
+    machine, load_before = machine_info(), os.getloadavg()
+    date = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "torch": torch.__version__,
+                "python": platform.python_version()}
+    device = device_description()
+    header = [f"Date: {date}; JAX device: {device}",
+              f"Machine: {machine['nproc']} CPUs ({machine['usable_cores']} usable), "
+              f"{machine['cpu_model']}",
+              f"jax {versions['jax']}, torch {versions['torch']} with {threads} threads "
+              f"(torch.set_num_threads; XLA:CPU uses {ref.xla_cpu_threads()}), torch memory "
+              f"format {memory}, float32, interleaved call by call after warm-up",
+              "Load average before: " + ", ".join(f"{v:.2f}" for v in load_before)]
+    print("# " + "\n# ".join(header), flush=True)
+    rows = []
+    for name in names:
+        build = suite.BENCHMARKS[name]
+        variants = impls if name in suite.CONV else impls[:1]
+        load0 = os.getloadavg()
+        cases = []
+        for impl in variants:
+            case = build(a, mesh, impl)
+            if len(variants) > 1:
+                case.name = f"{name}[{impl}]"
+            cases.append(case)
+        per_call = cases[0].steps_per_call
+        torch_case = ref.BUILDERS[name](a, per_call)
+        calls = (a.phase_repeats if name in suite.PHASES
+                 else max(math.ceil(a.steps / per_call), 3 if per_call > 1 else 1))
+        times = time_cases(cases + [torch_case], calls, max(a.warmup, 1))
+        theirs = times[torch_case.name]
+        for case, impl in zip(cases, variants):
+            ours = times[case.name]
+            paired = np.asarray(ours) / np.asarray(theirs)
+            q = np.percentile(paired, [25, 50, 75])
+            row = {"benchmark": case.name, "conv_impl": impl, "calls": calls,
+                   "steps_per_call": per_call,
+                   "batch": a.targets if name.startswith("pmi") else a.batch,
+                   "images_per_step": case.images_per_step, "ours": _spread(ours),
+                   "torch": _spread(theirs),
+                   "paired_ratio": {"p25": round(float(q[0]), 3), "median": round(float(q[1]), 3),
+                                    "p75": round(float(q[2]), 3)},
+                   "compile_s": round(case.compile_s, 2),
+                   "ours_ms_per_call": [round(v, 2) for v in ours],
+                   "torch_ms_per_call": [round(v, 2) for v in theirs],
+                   "load_before": [round(v, 2) for v in load0],
+                   "load_after": [round(v, 2) for v in os.getloadavg()]}
+            row["ratio"] = round(row["ours"]["median_ms"] / row["torch"]["median_ms"], 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del cases, torch_case
+    load_after = os.getloadavg()
+    header.append("Load average after: " + ", ".join(f"{v:.2f}" for v in load_after))
+    print("\n" + vs_torch_table(rows, header))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"date": date, "device": device, "machine": machine,
+                       "load_before": [round(v, 2) for v in load_before],
+                       "load_after": [round(v, 2) for v in load_after], "versions": versions,
+                       "torch_threads": threads, "xla_cpu_threads": ref.xla_cpu_threads(),
+                       "torch_memory_format": memory,
+                       "args": vars(a), "rows": rows}, f, indent=1)
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     a = parse_args(argv)
     if a.devices:
         set_device_count(a.devices)
+    if a.vs_torch:
+        return vs_torch(a)
     import jax
 
     from benchmarks import suite

@@ -6,12 +6,12 @@ train), text prototypes as the classifier, 5 PMI-inverted token maps per seen cl
     python -m experiments.run --config=experiments/cifar100_clip_pmi.py --workdir=DIR
     python -m experiments.run --config=experiments/cifar100_clip_pmi.py:smoke --workdir=DIR
 
-The first run downloads `openai/clip-vit-base-patch16` (Flax weights; PyTorch-only checkpoints
-need `torch` for `from_pt=True`) into the Hugging Face cache; with no network point
-`--config.model.clip.source=<dir>` at a directory written by `FlaxCLIPModel.save_pretrained` and
-`CLIPTokenizer.save_pretrained`. CIFAR images stay 32x32 in memory and are resized (bilinear) to
-224 on device by the patch-embedding block. On GPU add `--config.method.clip_inversion.unroll=False
---config.method.clip_inversion.chunk=100`.
+The first run downloads `openai/clip-vit-base-patch16` (config.json, model.safetensors,
+tokenizer.json) into the Hugging Face cache; with no network point
+`--config.model.clip.source=<dir>` at a copy of that snapshot directory (docs/clip.md). CIFAR
+images stay 32x32 in memory and are resized (bilinear) to 224 on device by the patch-embedding
+block. The inversion loops' `unroll` and `chunk` are "auto": unrolled chunks of 10 steps on CPU,
+rolled chunks of 50 on GPU/TPU (dfcl_jax/inversion/loop_defaults.py).
 
 Inversion (after every task but the last): per block 200 Adam steps (lr 0.1); the token-map block
 1200 steps from 2x2, upsampled bicubically to 4, 8, 14 at steps 300, 600, 900; full model 600 steps

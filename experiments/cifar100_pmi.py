@@ -10,8 +10,9 @@ epochs (lr 0.1), + last stage 20 (0.05), all 120 (0.01; 5e-3 at 5 tasks), each x
 per-class Gaussians + contrastive encoders (200 epochs), CFS targets (10 tasks: 3000 + 2000 t;
 5 tasks: 6000 + 5000 t; 20 tasks: 2000 + 1000 t), inverted with 16 x 50 per-block Adam steps
 (lr 0.8) and 160 full-model steps (lr 0.4), all targets of a task in one batch (up to 4000 per
-micro-batch; `--config.method.pmi.micro_batch` bounds memory). On GPU/TPU add
-`--config.method.pmi.unroll=False --config.method.pmi.chunk=50` (rolled loops, one call per block).
+micro-batch; `--config.method.pmi.micro_batch` bounds memory). `--config.method.pmi.unroll` and
+`.chunk` are "auto": unrolled chunks of 10 steps on CPU, rolled chunks of 50 (one call per block)
+on GPU/TPU (dfcl_jax/inversion/loop_defaults.py).
 
 Expected A_N (10 tasks, third-party rerun of the released code, 3 seeds): 44.4 (43.7-45.0),
 average incremental accuracy 59.4. Wall-clock: not measured here (no GPU in CI).

@@ -25,6 +25,7 @@ import ast
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -195,7 +196,29 @@ def run_cell(cell: Cell, links: dict, overrides: list[str], log_path: str,
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        return subprocess.call(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+        child = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+        CHILDREN.add(child)
+        try:
+            return child.wait()
+        finally:
+            CHILDREN.discard(child)
+
+
+CHILDREN: set[subprocess.Popen] = set()  # the running cells' processes
+
+
+class SweepTerminated(Exception):
+    """The sweep got SIGTERM: its cells were asked to save and stop."""
+
+
+def stop_children(signum=None, frame=None) -> None:
+    """SIGTERM handler: pass SIGTERM to every running cell (each saves a checkpoint and exits),
+    wait for them, then stop the sweep."""
+    for child in list(CHILDREN):
+        child.send_signal(signal.SIGTERM)
+    for child in list(CHILDREN):
+        child.wait()
+    raise SweepTerminated
 
 
 def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[int], root: str,
@@ -237,6 +260,7 @@ def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[
             pending.append(cell)
     running: dict = {}  # future -> (cell, start time)
     pool = ThreadPoolExecutor(max_workers=jobs)
+    previous = signal.signal(signal.SIGTERM, stop_children)
     try:
         while pending or running:
             for cell in [c for c in pending
@@ -276,6 +300,8 @@ def sweep(config: str, methods: list[str], tasks: list[int | None], seeds: list[
         save()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     pool.shutdown()
     save()
     if report:
@@ -313,8 +339,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --methods: unknown {', '.join(unknown)}; allowed: "
                          f"{', '.join(sorted(METHODS))}")
     tasks = int_list(a.tasks) or [None]
-    state = sweep(a.config, methods, tasks, int_list(a.seeds), a.root, a.set, not a.no_report,
-                  a.jobs)
+    try:
+        state = sweep(a.config, methods, tasks, int_list(a.seeds), a.root, a.set,
+                      not a.no_report, a.jobs)
+    except SweepTerminated:
+        print("sweep stopped by SIGTERM: running cells saved their checkpoints; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 143
     failed = [k for k, v in state["cells"].items() if v.get("status") != "done"]
     if failed:
         print(f"{len(failed)} cell(s) not finished: {', '.join(failed)}", file=sys.stderr)

@@ -77,6 +77,9 @@ def inversion_losses_agree():
 
 def pmi_inversion_agrees():
     """PMI with its micro-batch sharded over 4 devices gives the images of one device."""
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
     from dfcl_jax.inversion.pmi import PMIConfig, PMIInverter
     from dfcl_jax.models.resnet import cifar_resnet
 
@@ -87,11 +90,27 @@ def pmi_inversion_agrees():
                     micro_batch=16)
     one = PMIInverter(model, cfg).invert(v, z, (32, 32, 3), jax.random.key(3), progress=False)
     inv4 = PMIInverter(model, cfg, mesh=mesh_lib.make_mesh(4))
-    four = inv4.invert(mesh_lib.put_replicated(inv4.mesh, v), z, (32, 32, 3), jax.random.key(3),
-                       progress=False)
+    v4 = mesh_lib.put_replicated(inv4.mesh, v)
+    four = inv4.invert(v4, z, (32, 32, 3), jax.random.key(3), progress=False)
     print(f"pmi feature MSE: 1 device {one.feature_mse:.7f}, 4 devices {four.feature_mse:.7f}")
     np.testing.assert_allclose(one.feature_mse, four.feature_mse, rtol=1e-5)
-    assert len(four.images.sharding.device_set) == 4
+    assert not four.images.sharding.is_fully_replicated, four.images.sharding
+    # Every solve compiled once: the carry made on the host and the one a chunk returns have the
+    # same layout (image-shaped leaves along "data", scalars replicated).
+    for _, loop in [*inv4._block_loops.values(), inv4._full_loop]:
+        assert all(n == 1 for n in loop.compile_counts().values()), loop.compile_counts()
+    tx, loop = inv4.block_loop(1)
+    x0 = jax.random.normal(jax.random.key(6), inv4.input_shapes(v, (32, 32, 3), 16)[1])
+    target = inv4._place(jax.random.normal(jax.random.key(7), inv4.input_shapes(v, (32, 32, 3), 16)[2]), 16)
+    carry = inv4.initial_carry(tx, x0, 3)
+    carry, _ = loop.run(carry, 6, (v4, target, jnp.zeros(())), progress=False,
+                        carry_sharding=inv4.carry_sharding(carry))
+    image_leaves = [a for a in jax.tree.leaves(carry) if a.ndim and a.shape[0] == 16]
+    assert len(image_leaves) == 4  # x, Adam's two moments, the kept iterate
+    for a in image_leaves:
+        assert a.sharding.spec == P("data") and not a.sharding.is_fully_replicated, a.sharding
+        assert len(a.addressable_shards) == 4 and a.addressable_shards[0].data.shape[0] == 4
+    assert loop.compile_counts() == {3: 1}, loop.compile_counts()
     # One block's loss and gradient see the global micro-batch (BN and input-prior statistics).
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -106,6 +125,34 @@ def pmi_inversion_agrees():
     np.testing.assert_allclose(g1, g4, rtol=1e-5, atol=1e-7)
 
 
+def generator_batches_are_sharded():
+    """The ABD generator's batches lie along "data" (each device makes and scores its share)
+    and its training gives the losses of one device; DGR's VAE samples too."""
+    from jax.sharding import PartitionSpec as P
+
+    from dfcl_jax.inversion.generator import GeneratorConfig, GeneratorTrainer
+    from dfcl_jax.models.generator import Generator
+    from dfcl_jax.models.resnet import cifar_resnet
+
+    model = cifar_resnet(10, depth=8, widths=(4, 8, 16))
+    v = model.init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))
+    gen = Generator(image_size=32, channels=3, z_dim=8, width=8)
+    cfg = GeneratorConfig(steps=4, batch_size=16, chunk=2)
+    histories = []
+    for mesh in (None, mesh_lib.make_mesh(4)):
+        trainer = GeneratorTrainer(gen, model, cfg, mesh)
+        teacher = v if mesh is None else mesh_lib.put_replicated(mesh, v)
+        state = trainer.init(jax.random.key(0))
+        state, history = trainer.train(state, teacher, 10, jax.random.key(2), progress=False)
+        histories.append(history["loss"])
+        images = trainer.sample(state, jax.random.key(3), 16)
+        if mesh is not None:
+            assert images.sharding.spec == P("data") and not images.sharding.is_fully_replicated
+            assert trainer.loop.compile_counts() == {2: 1}
+    print(f"abd generator losses: 1 device {histories[0]}, 4 devices {histories[1]}")
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-4, atol=1e-6)
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 4, jax.devices()
     for method in ("finetune", "lwf_mc"):
@@ -118,4 +165,5 @@ if __name__ == "__main__":
         np.testing.assert_array_equal(c1, c4)
     inversion_losses_agree()
     pmi_inversion_agrees()
+    generator_batches_are_sharded()
     print("SAME")

@@ -79,8 +79,7 @@ def test_generator_training_lowers_its_loss_and_bn_divergence(trained_teacher):
     assert len(np.unique(np.asarray(pred))) >= 3
     # Training again (the next task, more seen classes) reuses the one compiled chunk.
     trainer.train(state, teacher, 7, jax.random.key(2), steps=20, progress=False)
-    assert list(trainer.loop._compiled) == [20]
-    assert trainer.loop._compiled[20]._cache_size() == 1
+    assert trainer.loop.compile_counts() == {20: 1}
 
 
 def test_deepinversion_kd_pads_the_teacher_with_zeros_for_new_classes():

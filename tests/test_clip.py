@@ -1,9 +1,12 @@
-"""CLIP backbone: blocks compose to the wrapped model, loading round trip, adapters-only training,
-PMI down to the token map with the progressive schedule, and the open-world 2-task run."""
+"""CLIP backbone: our towers equal transformers' FlaxCLIPModel (golden), the Hugging Face file
+formats round-trip and fail clearly, blocks compose to the towers, adapters-only training, PMI down
+to the token map with the progressive schedule, and the open-world 2-task run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -11,11 +14,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from flax import traverse_util  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from dfcl_jax.models import clip  # noqa: E402
+from dfcl_jax.models import clip_checkpoint as ckpt  # noqa: E402
+from dfcl_jax.models.clip_towers import CLIPModel, clip_config_from_dict, clip_param_shapes  # noqa: E402
 
 SPEC = clip.CLIPSpec(source=clip.TINY, bottleneck=8, templates=clip.TEMPLATES[:2])
 NAMES = ("apple", "bicycle", "cloud", "dolphin", "elephant", "forest")
+PROMPTS = ("a photo of a apple.", "A bad photo of the   large Dolphin's fin!",
+           "a rendering of a sea lion, 3 times.", "a close-up photo of a " + "very " * 40 + "cloud.")
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +36,125 @@ def tiny():
     return model, model.init_variables(jax.random.key(1), x[:1]), x
 
 
-def test_blocks_compose_to_get_image_features_exactly(tiny):
+def tower_image_features(pretrained, x):
+    model = CLIPModel(pretrained.config)
+    return np.asarray(model.apply({"params": pretrained.params}, x, method=model.image_features))
+
+
+def tower_text_features(pretrained, ids, mask):
+    model = CLIPModel(pretrained.config)
+    return np.asarray(model.apply({"params": pretrained.params}, ids, mask,
+                                  method=model.text_features))
+
+
+# --------------------------------------------------------------- golden: transformers 4.x
+def transformers_flax_clip():
+    """transformers' (FlaxCLIPModel, CLIPConfig); skips where transformers has no Flax CLIP."""
+    transformers = pytest.importorskip(
+        "transformers", reason="the golden test needs transformers>=4.57,<5 (pip install -e .[dev])")
+    if not hasattr(transformers, "FlaxCLIPModel"):
+        pytest.skip(f"transformers {transformers.__version__} has no FlaxCLIPModel (removed in 5); "
+                    "the golden test needs transformers>=4.57,<5")
+    return transformers.FlaxCLIPModel, transformers.CLIPConfig
+
+
+def random_clip_params(config, seed: int):
+    """Every parameter random (biases and LayerNorms too), so a mis-mapped tensor shows."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        noise = rng.standard_normal(s.shape).astype(np.float32)
+        if path[-1] == "scale":
+            return 1.0 + 0.1 * noise
+        return (0.1 if path[-1] in ("bias", "logit_scale") else 0.2) * noise + (
+            2.0 if path[-1] == "logit_scale" else 0.0)
+
+    flat = traverse_util.flatten_dict(clip_param_shapes(config))
+    return traverse_util.unflatten_dict({p: draw(p, s) for p, s in flat.items()})
+
+
+def set_eos_token_id(directory, eos: int):
+    with open(os.path.join(directory, "config.json")) as f:
+        raw = json.load(f)
+    raw["text_config"]["eos_token_id"] = eos
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(raw, f)
+
+
+def test_towers_equal_transformers_flax_clip_loaded_from_the_same_safetensors(tmp_path):
+    """Golden test against transformers 4.57's FlaxCLIPModel, float32, rtol = atol = 1e-5
+    (measured: bit-identical). One tiny random checkpoint in the Hugging Face formats
+    (config.json, PyTorch-layout model.safetensors, tokenizer.json) is read by our loader and by
+    transformers' own PyTorch-to-Flax converter (`from_pretrained`, no torch needed for
+    safetensors); the parameter trees, image features, text features and image-text logits must
+    agree. Text pooling is checked under the three rules' inputs: EOS = the last id (tokenized
+    prompts), the legacy `eos_token_id == 2` (argmax of the ids) and another id (its first
+    position), on a hand-made row where the rules pick different positions."""
+    FlaxCLIPModel, HFCLIPConfig = transformers_flax_clip()
+    config = ckpt.tiny_clip_config()
+    d = str(tmp_path)
+    ckpt.save_clip(d, config, random_clip_params(config, seed=7))
+    ckpt.clip_tokenizer(ckpt.tiny_vocab(), []).save(os.path.join(d, "tokenizer.json"))
+    ours = ckpt.load_clip_directory(d)
+    hf = FlaxCLIPModel.from_pretrained(d)
+    flat = lambda t: {k: np.asarray(v) for k, v in traverse_util.flatten_dict(t).items()}
+    theirs, mine = flat(hf.params), flat(ours.params)
+    assert sorted(theirs) == sorted(mine)
+    assert all(np.array_equal(theirs[k], mine[k]) for k in mine)
+
+    tol = {"rtol": 1e-5, "atol": 1e-5}
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(tower_image_features(ours, x),
+                               np.asarray(hf.get_image_features(x.transpose(0, 3, 1, 2))), **tol)
+    ids, mask = ckpt.encode_prompts(ours.tokenizer, PROMPTS)
+    model = CLIPModel(ours.config)
+    logits = model.apply({"params": ours.params}, x, ids, mask)
+    ref = hf(input_ids=ids, pixel_values=x.transpose(0, 3, 1, 2), attention_mask=mask)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref.logits_per_image), **tol)
+
+    row = np.full((1, ids.shape[1]), 513, np.int32)
+    row[0, :6] = [512, 5, 2, 300, 9, 513]  # argmax -> 5, first 2 -> 2, first 300 -> 3
+    row_mask = (np.arange(ids.shape[1]) < 6).astype(np.int32)[None]
+    ids, mask = np.concatenate([ids, row]), np.concatenate([mask, row_mask])
+    pooled_rows = []
+    for eos in (513, 2, 300):
+        set_eos_token_id(d, eos)
+        variant = ckpt.load_clip_directory(d)
+        assert variant.config.text.eos_token_id == eos
+        hf_variant = FlaxCLIPModel(HFCLIPConfig.from_pretrained(d), _do_init=False)
+        got = tower_text_features(variant, ids, mask)
+        np.testing.assert_allclose(got, np.asarray(
+            hf_variant.get_text_features(ids, mask, params=hf.params)), **tol)
+        pooled_rows.append(got[-1])
+    assert not np.allclose(pooled_rows[1], pooled_rows[2])  # the row tells the rules apart
+    np.testing.assert_allclose(pooled_rows[0], pooled_rows[1], **tol)  # both at the last id
+
+
+def test_tokenizer_json_gives_clip_tokenizer_ids(tmp_path):
+    """Our tokenizer.json pipeline (the tiny byte-level vocabulary) gives the ids and attention
+    masks of transformers' CLIPTokenizer on the same vocabulary, padded/truncated to 77."""
+    transformers = pytest.importorskip("transformers", reason="needs transformers' CLIPTokenizer")
+    d = str(tmp_path)
+    vocab = ckpt.tiny_vocab()
+    ckpt.clip_tokenizer(vocab, []).save(os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(d, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    prompts = [*PROMPTS, *(t.format(n) for n in NAMES for t in clip.TEMPLATES)]
+    ids, mask = ckpt.encode_prompts(ckpt.load_tokenizer(d), prompts)
+    ref = transformers.CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))(
+        prompts, padding="max_length", max_length=77, truncation=True, return_tensors="np")
+    np.testing.assert_array_equal(ids, ref["input_ids"])
+    np.testing.assert_array_equal(mask, ref["attention_mask"])
+    assert ids.shape == (len(prompts), 77) and ids[3, -1] == vocab[ckpt.EOS]  # truncated, ends EOS
+
+
+# ------------------------------------------------------------------------- our own model
+def test_blocks_compose_to_the_towers_image_features_exactly(tiny):
     model, variables, x = tiny
-    hf, params, tok = clip.load_clip(clip.TINY)
-    ref = np.asarray(hf.get_image_features(jnp.transpose(x, (0, 3, 1, 2)), params=params))
+    pretrained = clip.load_clip(clip.TINY)
+    ref = tower_image_features(pretrained, x)
     ours = np.asarray(model.apply(variables, x, method=model.image_features))
     np.testing.assert_array_equal(ours, ref)  # eager vs eager: the very same operations
     # 2 layers -> [patch embedding, pre-transformer, 2 attention blocks, post].
@@ -39,40 +164,103 @@ def test_blocks_compose_to_get_image_features_exactly(tiny):
     tokens = model.apply(variables, x, 0, 1, method=model.run_blocks)
     assert tokens.shape == (4, 4, 4, 32)  # 32 px / patch 8, hidden 32: the token map PMI inverts
     # Logits: exp(logit_scale) * normalised features . text prototypes of the class names.
-    protos = clip.text_prototypes(hf, params, tok, NAMES, SPEC.templates)
+    protos = clip.text_prototypes(pretrained, NAMES, SPEC.templates)
     np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, rtol=1e-5)
     f = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    expected = np.exp(float(params["logit_scale"])) * f @ protos.T
+    expected = np.exp(float(pretrained.params["logit_scale"])) * f @ protos.T
     np.testing.assert_allclose(np.asarray(model.apply(variables, x)), expected, rtol=1e-4,
                                atol=1e-4)
 
 
 def test_text_prototypes_average_the_templates(tiny):
-    hf, params, tok = clip.load_clip(clip.TINY)
-    one = [clip.text_prototypes(hf, params, tok, NAMES[:2], (t,)) for t in SPEC.templates]
-    both = clip.text_prototypes(hf, params, tok, NAMES[:2], SPEC.templates)
+    pretrained = clip.load_clip(clip.TINY)
+    one = [clip.text_prototypes(pretrained, NAMES[:2], (t,)) for t in SPEC.templates]
+    both = clip.text_prototypes(pretrained, NAMES[:2], SPEC.templates)
     mean = (one[0] + one[1]) / np.linalg.norm(one[0] + one[1], axis=1, keepdims=True)
     np.testing.assert_allclose(both, mean, rtol=1e-5, atol=1e-6)
     assert not np.allclose(one[0], one[1])
 
 
-def test_loading_path_round_trips_save_pretrained(tiny, tmp_path):
-    """The path used for openai/clip-vit-base-patch16, exercised on a saved tiny model."""
+def test_real_format_directory_round_trips(tiny, tmp_path):
+    """The path used for openai/clip-vit-base-patch16's snapshot, on a written tiny model: the
+    files are the Hugging Face formats, and save -> load gives identical weights and features."""
     model, variables, x = tiny
-    hf, params, tok = clip.load_clip(clip.TINY)
-    hf.save_pretrained(str(tmp_path), params=params)
-    tok.save_pretrained(str(tmp_path))
-    loaded = clip.build_clip(clip.CLIPSpec(source=str(tmp_path), bottleneck=8,
-                                           templates=SPEC.templates), len(NAMES), NAMES)
+    d = ckpt.write_tiny_clip(str(tmp_path / "tiny"))
+    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    with safe_open(os.path.join(d, "model.safetensors"), "np") as f:
+        assert f.metadata() == {"format": "pt"}
+    tensors = load_file(os.path.join(d, "model.safetensors"))
+    assert tensors["vision_model.embeddings.patch_embedding.weight"].shape == (32, 3, 8, 8)
+    assert tensors["vision_model.encoder.layers.1.mlp.fc1.weight"].shape == (64, 32)  # (out, in)
+    assert tensors["visual_projection.weight"].shape == (16, 32)
+    assert tensors["text_model.embeddings.token_embedding.weight"].shape == (514, 32)
+    assert tensors["logit_scale"].shape == ()
+    with open(os.path.join(d, "config.json")) as f:
+        raw = json.load(f)
+    assert raw["vision_config"]["patch_size"] == 8 and raw["text_config"]["eos_token_id"] == 513
+    loaded = clip.build_clip(clip.CLIPSpec(source=d, bottleneck=8, templates=SPEC.templates),
+                             len(NAMES), NAMES)
     v2 = loaded.init_variables(jax.random.key(1), x[:1])
     # Same module code and bit-identical weights: the same image features.
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
-                        {k: v for k, v in v2["params"].items() if k != "text_head"},
-                        {k: v for k, v in variables["params"].items() if k != "text_head"})
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), v2["params"], variables["params"])
     assert all(jax.tree.leaves(same))
-    np.testing.assert_allclose(v2["params"]["text_head"]["prototypes"],
-                               variables["params"]["text_head"]["prototypes"], atol=1e-6)
-    assert loaded.blocks[0].config.to_dict() == model.blocks[0].config.to_dict()
+    assert loaded.blocks[0].config == model.blocks[0].config
+    # Our writer and reader are inverses: save what was loaded, load it again.
+    first = ckpt.load_clip_directory(d)
+    again = str(tmp_path / "again")
+    ckpt.save_clip(again, first.config, first.params)
+    shutil.copy(os.path.join(d, "tokenizer.json"), again)
+    second = ckpt.load_clip_directory(again)
+    assert second.config == first.config
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                                            first.params, second.params)))
+    np.testing.assert_array_equal(tower_image_features(second, x), tower_image_features(first, x))
+
+
+def test_bad_checkpoints_fail_naming_the_tensor_or_file(tmp_path, monkeypatch):
+    d = ckpt.write_tiny_clip(str(tmp_path / "tiny"))
+    path = os.path.join(d, "model.safetensors")
+    good = load_file(path)
+    config = ckpt.load_clip_directory(d).config
+    bad = {**good, "vision_model.encoder.layers.1.self_attn.q_proj.weight": np.zeros((32, 31),
+                                                                                      np.float32)}
+    with pytest.raises(ValueError, match=r"mis-shaped tensors: vision_model\.encoder\.layers\.1\."
+                       r"self_attn\.q_proj\.weight \(32, 31\) \(expected \(32, 32\)\)"):
+        ckpt.params_from_state_dict(bad, config)
+    bad = {k: v for k, v in good.items() if k != "text_projection.weight"}
+    bad["text_model.extra.weight"] = np.zeros((2,), np.float32)
+    save_file(bad, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"model\.safetensors does not match config\.json's CLIP "
+                       r"architecture; missing tensors: text_projection\.weight; unexpected "
+                       r"tensors: text_model\.extra\.weight"):
+        ckpt.load_clip_directory(d)
+    with open(path, "rb") as f:
+        head = f.read(100)
+    with open(path, "wb") as f:
+        f.write(head)  # truncated
+    with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors as safetensors"):
+        ckpt.load_clip_directory(d)
+    os.remove(os.path.join(d, "tokenizer.json"))
+    with pytest.raises(FileNotFoundError, match="lacks tokenizer.json"):
+        ckpt.load_clip_directory(d)
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match="'openai/clip-vit-base-patch16' is not a local directory "
+                       "and could not be fetched"):
+        clip.load_clip("openai/clip-vit-base-patch16")
+
+
+def test_config_json_parsing_follows_hugging_face():
+    cfg = clip_config_from_dict({"vision_config": {"patch_size": 32, "hidden_size": 64,
+                                                   "num_attention_heads": 4},
+                                 "vision_config_dict": {"patch_size": 16}})
+    assert cfg.vision.patch_size == 16 and cfg.vision.hidden_size == 64  # *_config_dict wins
+    assert cfg.text.vocab_size == 49408 and cfg.projection_dim == 512  # Hugging Face defaults
+    assert cfg.logit_scale_init == pytest.approx(2.6592)
+    with pytest.raises(ValueError, match="text_config.hidden_act='swiglu'; allowed: quick_gelu"):
+        clip_config_from_dict({"text_config": {"hidden_act": "swiglu"}})
+    with pytest.raises(ValueError, match="hidden_size=100 is not divisible by num_attention_heads"):
+        clip_config_from_dict({"vision_config": {"hidden_size": 100}})
 
 
 def test_only_adapters_are_trainable_and_untrained_adapters_add_nothing(tiny):
@@ -247,16 +435,41 @@ def test_clip_config_errors_name_the_field(idx_dir, tmp_path):
         validate_config(cfg)
 
 
-def test_vit_b16_checkpoint_layout_maps_onto_15_blocks():
-    """The real architecture (shapes only, no weights): every parameter of a ViT-B/16
-    `FlaxCLIPModel` vision tower lands in the block tree with the block's own shape."""
-    from transformers import CLIPConfig, FlaxCLIPModel
+# The layout of openai/clip-vit-base-patch16's config.json (the keys that matter; others, like
+# "id2label", are ignored): the legacy eos_token_id 2, sizes not listed take the defaults.
+VIT_B16_CONFIG_JSON = {
+    "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": 512,
+    "logit_scale_init_value": 2.6592, "initializer_factor": 1.0,
+    "text_config": {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "hidden_size": 512,
+                    "intermediate_size": 2048, "num_attention_heads": 8, "num_hidden_layers": 12,
+                    "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu",
+                    "layer_norm_eps": 1e-05, "projection_dim": 512, "id2label": {"0": "LABEL_0"},
+                    "model_type": "clip_text_model"},
+    "vision_config": {"patch_size": 16, "projection_dim": 512, "dropout": 0.0,
+                      "model_type": "clip_vision_model"},
+}
 
-    cfg = CLIPConfig(vision_config={"patch_size": 16, "image_size": 224}, projection_dim=512)
-    hf = FlaxCLIPModel(cfg, _do_init=False)
-    hf_shapes = jax.eval_shape(lambda k: hf.init_weights(k, hf.input_shape), jax.random.key(0))
-    blocks = clip.hf_to_block_params(hf_shapes, 12)
-    model = clip.CLIPClassifier(blocks=tuple(clip.clip_blocks(cfg.vision_config, 512)),
+
+def test_vit_b16_checkpoint_layout_maps_onto_15_blocks():
+    """The real architecture (shapes only, no weights): ViT-B/16's config.json gives the
+    checkpoint's tensor names and PyTorch shapes, and every vision parameter lands in the block
+    tree with the block's own shape."""
+    cfg = clip_config_from_dict(VIT_B16_CONFIG_JSON)
+    assert (cfg.vision.hidden_size, cfg.vision.image_size, cfg.text.eos_token_id) == (768, 224, 2)
+    shapes = clip_param_shapes(cfg)
+    names = {ckpt.torch_name(p): ckpt.torch_shape(p[-1], s.shape)
+             for p, s in traverse_util.flatten_dict(shapes).items()}
+    assert len(names) == 3 + 2 + 12 * 16 + 2 + (2 + 12 * 16 + 2) + 3  # 398 tensors
+    assert names["vision_model.embeddings.patch_embedding.weight"] == (768, 3, 16, 16)
+    assert names["vision_model.embeddings.position_embedding.weight"] == (197, 768)
+    assert names["vision_model.encoder.layers.11.mlp.fc1.weight"] == (3072, 768)
+    assert names["vision_model.pre_layrnorm.weight"] == (768,)
+    assert names["text_model.embeddings.token_embedding.weight"] == (49408, 512)
+    assert names["text_model.final_layer_norm.bias"] == (512,)
+    assert names["visual_projection.weight"] == (512, 768)
+    assert names["text_projection.weight"] == (512, 512) and names["logit_scale"] == ()
+    blocks = clip.hf_to_block_params(shapes, 12)
+    model = clip.CLIPClassifier(blocks=tuple(clip.clip_blocks(cfg.vision, 512)),
                                 num_classes=100, projection_dim=512)
     variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 224, 224, 3)), False),
                                jax.random.key(0))

@@ -142,8 +142,7 @@ def test_generator_replay_step_compiles_once_across_three_tasks(idx_dir, tmp_pat
     run.run()
     assert sorted(run.steps) == ["first", "main"]
     assert all(step._cache_size() == 1 for step in run.steps.values())
-    assert list(run.exp.method.source.trainer.loop._compiled) == [4]
-    assert run.exp.method.source.trainer.loop._compiled[4]._cache_size() == 1
+    assert run.exp.method.source.trainer.loop.compile_counts() == {4: 1}
     assert run.eval_step._cache_size() == 1
     assert traces == {"first_task_loss_fn": 1, "loss_fn": 1, "abd_generator_loss": 1,
                       "mask_logits": 1}

@@ -82,7 +82,7 @@ def test_each_block_solve_compiles_once_and_is_reused(trained_teacher, targets):
     inv.invert(other, targets[::-1], (32, 32, 1), jax.random.key(1), progress=False)
     assert inv.traces == {f"block_{i}": 1 for i in range(len(model.blocks))} | {"full": 1}
     for _, loop in [*inv._block_loops.values(), inv._full_loop]:
-        assert all(f._cache_size() == 1 for f in loop._compiled.values())
+        assert all(n == 1 for n in loop.compile_counts().values())
 
 
 def test_boost_doubles_a_term_above_its_initial_value_up_to_the_cap():

@@ -5,8 +5,8 @@ device between chunks and the host reads the loss curve once per chunk (progress
 
 Measured on XLA:CPU (2 cores, ResNet-32 teacher, batch 128): a rolled `lax.scan`/`fori_loop`
 (an XLA while loop) runs the step at ~3.2 s, the same scan fully unrolled at ~0.38 s. Hence
-`unroll=True` (the default): each chunk is unrolled, so keep `chunk` small (10) on CPU. On GPU/TPU
-a rolled loop over all steps (`unroll=False, chunk=steps`) is the cheaper compile.
+unrolled chunks of 10 steps on CPU; on GPU/TPU rolled chunks of 50 steps are the cheaper compile.
+`unroll` and `chunk` default to "auto", resolved per backend in `loop_defaults`.
 `python -m benchmarks.inversion_step` measures both.
 """
 
@@ -23,6 +23,7 @@ import optax
 
 from dfcl_jax.inversion import losses
 from dfcl_jax.inversion.chunked import ChunkedLoop
+from dfcl_jax.inversion.loop_defaults import resolve_loop_options, with_loop_defaults
 
 # A frozen classifier as inversion sees it: images -> (logits, BNMoments of every BN input).
 TeacherFn = Callable[[jax.Array], tuple[jax.Array, list]]
@@ -48,11 +49,12 @@ class DeepInversionConfig:
     flip: bool = False  # random horizontal flip (ImageNet)
     clip: tuple[float, float] | None = None  # clamp pixels (normalised space) after each step
     keep_best: bool = True
-    chunk: int = 10  # steps per jitted call (progress and loss-curve granularity)
-    unroll: bool = True  # unroll each chunk's scan (XLA:CPU while loops are ~8x slower)
+    chunk: int | str = "auto"  # steps per jitted call (progress granularity); "auto": CPU 10, else 50
+    unroll: bool | str = "auto"  # unroll each chunk's scan; "auto": on CPU only (loop_defaults)
 
     def validate(self) -> None:
-        for field in ("steps", "lr", "chunk"):
+        resolve_loop_options(self.unroll, self.chunk, field="deepinversion")
+        for field in ("steps", "lr"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"deepinversion.{field}={getattr(self, field)} must be > 0")
         if self.bn_loss not in losses.BN_MATCHINGS:
@@ -103,6 +105,7 @@ def deepinversion_loss(teacher_fn: TeacherFn, cfg: DeepInversionConfig, x, label
 
 def make_deepinversion_loop(teacher_fn: TeacherFn, cfg: DeepInversionConfig):
     """The optimiser and a ChunkedLoop of Adam steps on the images (keep-best in the carry)."""
+    cfg = with_loop_defaults(cfg, field="deepinversion")
     tx = optax.adam(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2)
     grad_fn = jax.value_and_grad(lambda x, *a: deepinversion_loss(teacher_fn, cfg, x, *a),
                                  has_aux=True)

@@ -12,8 +12,10 @@ import optax
 
 from dfcl_jax.inversion import losses
 from dfcl_jax.inversion.chunked import ChunkedLoop
+from dfcl_jax.inversion.loop_defaults import with_loop_defaults
 from dfcl_jax.models.blocks import apply_with_bn_moments
 from dfcl_jax.models.generator import Generator
+from dfcl_jax.train.mesh import constrain_batch, replicated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +30,8 @@ class GeneratorConfig:
     diversity: float = 1.0
     bn: float = 50.0
     smoothness: float = 1e-3
-    chunk: int = 10
-    unroll: bool = True
+    chunk: int | str = "auto"  # steps per jitted call; "auto": CPU 10, GPU/TPU 50 (loop_defaults)
+    unroll: bool | str = "auto"  # unroll each chunk; "auto": on CPU only
 
 
 def abd_generator_loss(gen: Generator, classifier, gen_vars, teacher_vars, z, n_seen,
@@ -49,8 +51,11 @@ def abd_generator_loss(gen: Generator, classifier, gen_vars, teacher_vars, z, n_
 class GeneratorTrainer:
     """Trains an ABD generator against a frozen classifier; built once, reused after every task."""
 
-    def __init__(self, gen: Generator, classifier, cfg: GeneratorConfig):
-        self.gen, self.classifier, self.cfg = gen, classifier, cfg
+    def __init__(self, gen: Generator, classifier, cfg: GeneratorConfig, mesh=None):
+        """`mesh`: generator batches are laid along its "data" axis (each device makes and
+        scores its share; BatchNorm statistics stay those of the global batch)."""
+        cfg = with_loop_defaults(cfg, field="generator")
+        self.gen, self.classifier, self.cfg, self.mesh = gen, classifier, cfg, mesh
         self.tx = optax.adam(cfg.lr)
         grad = jax.value_and_grad(
             lambda p, stats, *a: abd_generator_loss(gen, classifier, {"params": p,
@@ -59,7 +64,8 @@ class GeneratorTrainer:
 
         def step(carry, i, teacher_vars, n_seen, rng):
             params, stats, opt_state = carry
-            z = jax.random.normal(jax.random.fold_in(rng, i), (cfg.batch_size, gen.z_dim))
+            z = constrain_batch(jax.random.normal(jax.random.fold_in(rng, i),
+                                                  (cfg.batch_size, gen.z_dim)), mesh)
             (loss, (stats, terms)), g = grad(params, stats, teacher_vars, z, n_seen)
             updates, opt_state = self.tx.update(g, opt_state, params)
             return (optax.apply_updates(params, updates), stats, opt_state), {"loss": loss, **terms}
@@ -78,11 +84,12 @@ class GeneratorTrainer:
         carry = (state["params"], state["batch_stats"], state["opt_state"])
         carry, history = self.loop.run(carry, steps or self.cfg.steps,
                                        (teacher_vars, jnp.asarray(n_seen, jnp.int32), rng),
-                                       progress=progress, desc="ABD generator")
+                                       progress=progress, desc="ABD generator",
+                                       carry_sharding=None if self.mesh is None else replicated(self.mesh))
         return dict(zip(("params", "batch_stats", "opt_state"), carry)), history
 
     def sample(self, state: dict, rng, n: int):
         """Images from the generator's running statistics (eval mode)."""
-        z = jax.random.normal(rng, (n, self.gen.z_dim))
+        z = constrain_batch(jax.random.normal(rng, (n, self.gen.z_dim)), self.mesh)
         return self.gen.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
                               z, False)

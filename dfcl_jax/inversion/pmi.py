@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from dfcl_jax.inversion import losses
 from dfcl_jax.inversion.chunked import ChunkedLoop
+from dfcl_jax.inversion.loop_defaults import resolve_loop_options, with_loop_defaults
 from dfcl_jax.models.blocks import BlockClassifier, BNMoments, apply_with_bn_moments
+from dfcl_jax.train.mesh import batch_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +71,12 @@ class PMIConfig:
     full_cosine_steps: int = 2000  # ... this many steps (torch CosineAnnealingLR T_max)
     full_tv: float = 0.0  # total variation on the full-model phase's input (CLIP: 0.005)
     micro_batch: int = 4000  # targets solved together (memory bound; BN statistics over these)
-    chunk: int = 10  # steps per jitted call
-    unroll: bool = True  # unroll each chunk (XLA:CPU while loops are slow); GPU/TPU: False
+    chunk: int | str = "auto"  # steps per jitted call; "auto": CPU 10, GPU/TPU 50 (loop_defaults)
+    unroll: bool | str = "auto"  # unroll each chunk (XLA:CPU while loops are slow); "auto": CPU only
 
     def validate(self) -> None:
-        for f in ("block_lr", "full_lr", "a_mse", "micro_batch", "chunk", "block_steps",
-                  "full_steps"):
+        resolve_loop_options(self.unroll, self.chunk, field="pmi")
+        for f in ("block_lr", "full_lr", "a_mse", "micro_batch", "block_steps", "full_steps"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"pmi.{f}={getattr(self, f)} must be > 0")
         for f in ("full_warmup", "rf_per_block", "full_bn"):
@@ -154,6 +156,7 @@ class PMIInverter:
 
     def __init__(self, model: BlockClassifier, cfg: PMIConfig = PMIConfig(), mesh=None):
         cfg.validate()
+        cfg = with_loop_defaults(cfg)
         self.model, self.cfg, self.mesh = model, cfg, mesh
         self.L = len(model.blocks)
         self.first = cfg.first_block
@@ -262,7 +265,8 @@ class PMIInverter:
         tx, loop = loop_parts
         carry = self.initial_carry(tx, x0, n_terms)
         carry, history = loop.run(carry, steps, (variables, target, jnp.zeros(())),
-                                  progress=progress, desc=desc)
+                                  progress=progress, desc=desc,
+                                  carry_sharding=self.carry_sharding(carry))
         x, _, _, _, best_x, _, best_terms = carry
         if self.cfg.keep_best:
             return best_x, history, best_terms
@@ -279,14 +283,16 @@ class PMIInverter:
                  best_terms)
         return self._place(carry, x0.shape[0])
 
+    def carry_sharding(self, carry):
+        """Where an Adam loop's carry lives: image-shaped leaves along "data", the rest
+        replicated (None without a mesh); kept by every chunk of the loop."""
+        return batch_sharding(self.mesh, carry, carry[0].shape[0])
+
     def _place(self, tree, batch: int):
         """Shard batch-leading leaves over the mesh's data axis, replicate the rest."""
         if self.mesh is None:
             return tree
-        from dfcl_jax.train.mesh import data_sharding, replicated
-        dat, rep = data_sharding(self.mesh), replicated(self.mesh)
-        return jax.tree.map(lambda a: jax.device_put(
-            a, dat if getattr(a, "ndim", 0) >= 1 and a.shape[0] == batch else rep), tree)
+        return jax.device_put(tree, batch_sharding(self.mesh, tree, batch))
 
     def input_shapes(self, variables, image_shape, batch: int) -> list[tuple]:
         """Shape of the input of every block for a batch of `batch` images (cached)."""

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dfcl_jax.inversion.loop_defaults import loop_config_fields
 from dfcl_jax.inversion.pmi import PMIConfig, PMIInverter
 from dfcl_jax.inversion.projection import ProjectionConfig, project_classes
 from dfcl_jax.methods.base import register, require_positive
@@ -59,6 +60,7 @@ class CLIPPMISource(SyntheticSource):
     @classmethod
     def default_config(cls):
         p = {f.name: getattr(CLIP_PMI, f.name) for f in dataclasses.fields(PMIConfig)}
+        p.update(loop_config_fields(CLIP_PMI))
         p.update({"samples_per_class": 5, "feature_batch": 256, "openworld": False})
         proj = {f.name: getattr(ProjectionConfig(), f.name)
                 for f in dataclasses.fields(ProjectionConfig)}

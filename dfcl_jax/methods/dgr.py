@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dfcl_jax.data.batching import epoch_permutation
+from dfcl_jax.data.batching import epoch_permutation, host_slice
 from dfcl_jax.methods.base import (
     Method,
     StepContext,
@@ -23,6 +23,7 @@ from dfcl_jax.methods.base import (
 )
 from dfcl_jax.models.heads import mask_logits
 from dfcl_jax.models.vae import ConvVAE, vae_loss
+from dfcl_jax.train.mesh import constrain_batch, put_batch
 
 
 @register
@@ -49,8 +50,8 @@ class DGR(Method):
         return {"vae": params, "vae_opt": self.tx.init(params)}
 
     def decode(self, params, rng, n):
-        return self.vae.apply({"params": params},
-                              jax.random.normal(rng, (n, self.cfg.vae.z_dim)), method="decode")
+        z = constrain_batch(jax.random.normal(rng, (n, self.cfg.vae.z_dim)), self.mesh)
+        return self.vae.apply({"params": params}, z, method="decode")
 
     def _vae_train_step(self, state, real, old_params, replay_weight, rng):
         """DGR generator step: negative ELBO on real data (weight 1 - r) and on the previous
@@ -83,7 +84,7 @@ class DGR(Method):
         losses = []
         for i in range(v.steps):
             ix = order[i * v.batch_size:(i + 1) * v.batch_size]
-            real = task_data.normalize(task_data.images[ix])
+            real = task_data.normalize(put_batch(self.mesh, task_data.images[host_slice(ix)])[0])
             state, value = self._vae_step(state, real, old, weight, jax.random.fold_in(key, i))
             losses.append(value)
         self.last_vae_losses = np.asarray(jax.device_get(losses))

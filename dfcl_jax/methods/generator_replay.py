@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from dfcl_jax.inversion.generator import GeneratorConfig, GeneratorTrainer
+from dfcl_jax.inversion.loop_defaults import loop_config_fields, resolve_loop_options
 from dfcl_jax.methods.base import teacher_forward
 from dfcl_jax.methods.replay import SyntheticSource, register_source
 from dfcl_jax.models.generator import Generator
@@ -28,10 +29,12 @@ class GeneratorSource(SyntheticSource):
         return {"generator": {"steps": g.steps, "lr": g.lr, "batch_size": g.batch_size,
                               "content": g.content, "diversity": g.diversity, "bn": g.bn,
                               "smoothness": g.smoothness, "z_dim": 1000, "width": 128,
-                              "bn_eps_quirk": True, "chunk": g.chunk, "unroll": g.unroll}}
+                              "bn_eps_quirk": True, **loop_config_fields(g)}}
 
     def validate(self):
-        for f in ("steps", "lr", "batch_size", "z_dim", "width", "chunk"):
+        g = self.cfg.generator
+        resolve_loop_options(g.unroll, g.chunk, field="config.method.generator")
+        for f in ("steps", "lr", "batch_size", "z_dim", "width"):
             if self.cfg.generator[f] <= 0:
                 raise ValueError(f"config.method.generator.{f}={self.cfg.generator[f]} must be > 0")
 
@@ -46,7 +49,8 @@ class GeneratorSource(SyntheticSource):
         g = self.cfg.generator
         self.generator = Generator(image_size=h, channels=c, z_dim=g.z_dim, width=g.width,
                                    bn_eps_quirk=g.bn_eps_quirk)
-        self.trainer = GeneratorTrainer(self.generator, model, self.generator_config())
+        self.trainer = GeneratorTrainer(self.generator, model, self.generator_config(),
+                                       self.method.mesh)
         return {"generator": self.trainer.init(rng)}
 
     def end_task(self, run, task, task_data):

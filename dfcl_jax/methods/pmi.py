@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dfcl_jax.inversion import feature_model as fm
+from dfcl_jax.inversion.loop_defaults import loop_config_fields
 from dfcl_jax.inversion.pmi import PMIConfig, PMIInverter
 from dfcl_jax.methods.base import register
 from dfcl_jax.methods.rdfcil import RDFCIL
@@ -33,6 +34,7 @@ class PMISource(SyntheticSource):
     @classmethod
     def default_config(cls):
         p = {f.name: getattr(PMIConfig(), f.name) for f in dataclasses.fields(PMIConfig)}
+        p.update(loop_config_fields(PMIConfig()))
         p.update({"targets_base": 3000, "targets_per_task": 2000,  # 10-task reference counts
                   "cfs": True, "refresh_old": True, "feature_batch": 500})
         f = {f.name: getattr(fm.FeatureModelConfig(), f.name)

@@ -1,9 +1,10 @@
-"""CLIP ViT image encoder (Hugging Face `FlaxCLIPModel`) as an ordered list of blocks, with text
-prototypes as the classifier and mixture-of-adapters in every transformer block (methods.md 1.3).
+"""CLIP ViT image encoder (our `clip_towers`, Hugging Face CLIP's weights) as an ordered list of
+blocks, with text prototypes as the classifier and mixture-of-adapters in every transformer block
+(methods.md 1.3).
 
 Blocks: `[patch embedding, pre-transformer (class token + positional embedding + ln_pre),
 residual attention block x num_layers, post (ln_post on CLS + visual projection)]`; composed they
-are exactly the wrapped model's `get_image_features` (the adapters' up-projections start at zero,
+are exactly the vision tower's `CLIPModel.image_features` (the adapters' up-projections start at zero,
 so an untrained adapter adds exactly 0). Each residual attention block carries an `InputStats`
 probe: reference per-channel mean/var of its input (over images and tokens), collected from real
 data while a task lasts, reported as `BNMoments` so PMI's BN-KL matches them (the CLIP variant's
@@ -12,19 +13,18 @@ data while a task lasts, reported as `BNMoments` so PMI's BN-KL matches them (th
 Logits are `exp(logit_scale) * normalize(image_features) . t_c` with `t_c` the class prototype:
 the CLIP text embedding of prompt templates, averaged and L2-normalised.
 
-Loading: `load_clip(source)` with a hub id (`openai/clip-vit-base-patch16`, needs network once),
-a local directory written by `save_pretrained` (model and tokenizer), or `"tiny"`: a tiny randomly
-initialised model of the same architecture with a byte-level tokenizer (tests, smoke runs).
+The towers are ours (`clip_towers`, Hugging Face CLIP's parameter names); `load_clip(source)`
+(`clip_checkpoint`) reads a Hugging Face snapshot directory (config.json, model.safetensors,
+tokenizer.json), a hub id (`openai/clip-vit-base-patch16`, downloaded once), or `"tiny"`: a tiny
+random model of the same architecture written in those formats (tests, smoke runs).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import os
-import tempfile
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,8 @@ from flax import linen as nn
 
 from dfcl_jax.models.batchnorm import BN_STATS
 from dfcl_jax.models.blocks import BlockClassifier
+from dfcl_jax.models.clip_checkpoint import TINY, PretrainedCLIP, encode_prompts, load_clip
+from dfcl_jax.models.clip_towers import MLP, Attention, CLIPConfig, CLIPModel, VisionConfig
 
 # CLIP's own normalisation of [0, 1] pixels (CLIPImageProcessor defaults).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,7 +42,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
              "a photo of the small {}.", "a rendering of a {}.", "a cropped photo of the {}.",
              "a close-up photo of a {}.", "a bright photo of a {}.")
-TINY = "tiny"
 
 
 # ------------------------------------------------------------------------------------ blocks
@@ -67,7 +68,7 @@ class PatchEmbedding(nn.Module):
     """Block 0: the patch-embedding convolution (images of another size are resized bilinearly to
     the model's `image_size` first); output: the token map (B, H/p, W/p, D)."""
 
-    config: Any  # CLIPVisionConfig
+    config: VisionConfig
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -83,7 +84,7 @@ class PatchEmbedding(nn.Module):
 class PreTransformer(nn.Module):
     """Block 1: flatten the token map, prepend the class token, add positional embeddings, ln_pre."""
 
-    config: Any
+    config: VisionConfig
 
     @nn.compact
     def __call__(self, tokens, train: bool = False):
@@ -119,31 +120,29 @@ class MixtureOfAdapters(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """One CLIP encoder layer (the Hugging Face modules, same names) with a mixture of adapters
+    """One CLIP encoder layer (the tower's modules, same names) with a mixture of adapters
     parallel to the MLP: x + attn(ln1 x); then h + mlp(ln2 h) + adapters(ln2 h)."""
 
-    config: Any
+    config: VisionConfig
     num_experts: int = 4
     bottleneck: int = 64
     top_k: int = 2
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        from transformers.models.clip.modeling_flax_clip import FlaxCLIPAttention, FlaxCLIPMLP
-
         x = InputStats(name="input_stats")(x)
         eps = self.config.layer_norm_eps
         h = nn.LayerNorm(epsilon=eps, name="layer_norm1")(x)
-        x = x + FlaxCLIPAttention(self.config, name="self_attn")(h, None, deterministic=True)[0]
+        x = x + Attention(self.config, name="self_attn")(h)
         h = nn.LayerNorm(epsilon=eps, name="layer_norm2")(x)
         adapted = MixtureOfAdapters(self.num_experts, self.bottleneck, self.top_k, name="adapter")(h)
-        return x + (FlaxCLIPMLP(self.config, name="mlp")(h) + adapted)
+        return x + (MLP(self.config, name="mlp")(h) + adapted)
 
 
 class PostBlock(nn.Module):
     """Last block: ln_post on the class token, then the visual projection (image features)."""
 
-    config: Any
+    config: VisionConfig
     projection_dim: int
 
     @nn.compact
@@ -185,7 +184,7 @@ class CLIPClassifier(BlockClassifier):
         return f, self.classify(f)
 
     def image_features(self, x):
-        """Unnormalised image embeddings: `FlaxCLIPModel.get_image_features` (NHWC input)."""
+        """Unnormalised image embeddings: `CLIPModel.image_features` (NHWC input)."""
         return self.run_blocks(x, 0, len(self.blocks))
 
     # -------------------------------------------------------------- hooks used outside Flax
@@ -264,8 +263,8 @@ def _merge(target: dict, source: dict) -> dict:
     return out
 
 
-def clip_blocks(vision_config, projection_dim: int, num_experts: int = 4, bottleneck: int = 64,
-                top_k: int = 2) -> list[nn.Module]:
+def clip_blocks(vision_config: VisionConfig, projection_dim: int, num_experts: int = 4,
+                bottleneck: int = 64, top_k: int = 2) -> list[nn.Module]:
     """[patch embedding, pre-transformer, residual attention blocks..., post] (methods.md 1.3)."""
     attn = [ResidualAttentionBlock(vision_config, num_experts, bottleneck, top_k)
             for _ in range(vision_config.num_hidden_layers)]
@@ -274,7 +273,8 @@ def clip_blocks(vision_config, projection_dim: int, num_experts: int = 4, bottle
 
 
 def hf_to_block_params(params: dict, num_layers: int) -> dict:
-    """Rename `FlaxCLIPModel` vision parameters to the block list's (`blocks_i/...`)."""
+    """Rename `CLIPModel` vision parameters (Hugging Face layout) to the block list's
+    (`blocks_i/...`)."""
     v = params["vision_model"]
     emb = v["embeddings"]
     blocks = {"blocks_0": {"patch_embedding": emb["patch_embedding"]},
@@ -288,101 +288,23 @@ def hf_to_block_params(params: dict, num_layers: int) -> dict:
     return blocks
 
 
-# ----------------------------------------------------------------------------------- loading
-def write_tiny_tokenizer(directory: str) -> str:
-    """A byte-level CLIP BPE vocabulary with no merges (every character one token)."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    os.makedirs(directory, exist_ok=True)
-    chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    with open(os.path.join(directory, "vocab.json"), "w") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f)
-    with open(os.path.join(directory, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return directory
+# ------------------------------------------------------------------------------ text prototypes
+@functools.partial(jax.jit, static_argnums=0)
+def text_features(config: CLIPConfig, params, input_ids, attention_mask):
+    """`CLIPModel.text_features` (compiled once per config and prompt batch shape)."""
+    model = CLIPModel(config)
+    return model.apply({"params": params}, input_ids, attention_mask, method=model.text_features)
 
 
-def tiny_clip_config(hidden: int = 32, layers: int = 2, heads: int = 2, image_size: int = 32,
-                     patch: int = 8, projection_dim: int = 16, vocab_size: int = 514):
-    """A tiny random CLIP of the ViT-B/16 architecture (tests, smoke runs)."""
-    from transformers import CLIPConfig
-
-    common = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
-              "num_attention_heads": heads}
-    text = {**common, "vocab_size": vocab_size, "max_position_embeddings": 77,
-            "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1,
-            "pad_token_id": vocab_size - 1}
-    return CLIPConfig(text_config=text, vision_config={**common, "image_size": image_size,
-                                                        "patch_size": patch},
-                      projection_dim=projection_dim)
-
-
-def tiny_random_clip(seed: int = 0):
-    """(FlaxCLIPModel, params) of `tiny_clip_config` with random weights drawn directly (normal
-    0.2, LayerNorm scale 1 / bias 0): no forward pass at construction, so it builds in a second."""
-    from transformers import FlaxCLIPModel
-
-    model = FlaxCLIPModel(tiny_clip_config(), seed=seed, _do_init=False)
-    shapes = jax.eval_shape(lambda k: model.init_weights(k, model.input_shape), jax.random.key(seed))
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    rng = np.random.default_rng(seed)  # numpy: one jitted sampler per shape would compile ~30x
-    out = []
-    for path, leaf in leaves:
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "scale":
-            out.append(np.ones(leaf.shape, leaf.dtype))
-        elif name == "bias":
-            out.append(np.zeros(leaf.shape, leaf.dtype))
-        elif name == "logit_scale":
-            out.append(np.full(leaf.shape, model.config.logit_scale_init_value, leaf.dtype))
-        else:
-            out.append(jnp.asarray(0.2 * rng.standard_normal(leaf.shape), leaf.dtype))
-    return model, jax.tree_util.tree_unflatten(treedef, out)
-
-
-def load_clip(source: str, seed: int = 0):
-    """(FlaxCLIPModel, params, CLIPTokenizer) from a hub id, a local `save_pretrained` directory
-    (model + tokenizer files), or `"tiny"` (random tiny model + byte-level tokenizer)."""
-    from transformers import CLIPTokenizer, FlaxCLIPModel
-
-    if source == TINY:
-        model, params = tiny_random_clip(seed)
-        tok_dir = write_tiny_tokenizer(os.path.join(tempfile.gettempdir(), "dfcl_jax_tiny_clip_tok"))
-        return model, params, CLIPTokenizer(os.path.join(tok_dir, "vocab.json"),
-                                            os.path.join(tok_dir, "merges.txt"))
-    try:  # _do_init=False: the weights as loaded, no random initialisation first
-        model, params = FlaxCLIPModel.from_pretrained(source, _do_init=False)
-    except OSError as e:  # a checkpoint with PyTorch weights only (needs torch installed)
-        if "flax_model.msgpack" not in str(e):
-            raise
-        model, params = FlaxCLIPModel.from_pretrained(source, from_pt=True, _do_init=False)
-    return model, params, CLIPTokenizer.from_pretrained(source)
-
-
-_TEXT_FNS: dict = {}
-
-
-def _text_features_fn(model):
-    """One jitted `get_text_features` per loaded model (compiled once per prompt batch shape)."""
-    if id(model) not in _TEXT_FNS:
-        _TEXT_FNS[id(model)] = (model, jax.jit(
-            lambda p, i, m: model.get_text_features(i, m, params=p)))
-    return _TEXT_FNS[id(model)][1]
-
-
-def text_prototypes(model, params, tokenizer, class_names: Sequence[str],
+def text_prototypes(clip: PretrainedCLIP, class_names: Sequence[str],
                     templates: Sequence[str] = TEMPLATES, batch: int = 256) -> np.ndarray:
     """Per class: CLIP text embeddings of the prompt templates, each L2-normalised, averaged,
     L2-normalised again (zero-shot CLIP's class prototypes). Shape (C, projection_dim)."""
     prompts = [t.format(name.replace("_", " ")) for name in class_names for t in templates]
-    length = min(model.config.text_config.max_position_embeddings, 77)
     embs = []
-    fn = _text_features_fn(model)
     for s in range(0, len(prompts), batch):
-        enc = tokenizer(prompts[s:s + batch], padding="max_length", max_length=length,
-                        truncation=True, return_tensors="np")
-        embs.append(np.asarray(fn(params, enc["input_ids"], enc["attention_mask"])))
+        ids, mask = encode_prompts(clip.tokenizer, prompts[s:s + batch])
+        embs.append(np.asarray(text_features(clip.config, clip.params, ids, mask)))
     e = np.concatenate(embs).reshape(len(class_names), len(templates), -1)
     e = e / np.linalg.norm(e, axis=-1, keepdims=True)
     e = e.mean(1)
@@ -413,13 +335,13 @@ def build_clip(spec: CLIPSpec, num_classes: int, class_names: Sequence[str] | No
         raise ValueError(f"{len(names)} class names for {num_classes} classes")
     key = json.dumps([spec.source, seed, list(spec.templates), list(names)])
     if key not in _PRETRAINED:
-        hf, params, tok = load_clip(spec.source, seed)
-        vc = hf.config.vision_config
+        clip = load_clip(spec.source, seed)
+        vc = clip.config.vision
         _PRETRAINED[key] = {
-            "blocks": hf_to_block_params(params, vc.num_hidden_layers),
-            "prototypes": text_prototypes(hf, params, tok, names, spec.templates),
-            "logit_scale": np.asarray(params["logit_scale"]),
-            "vision_config": vc, "projection_dim": hf.config.projection_dim}
+            "blocks": hf_to_block_params(clip.params, vc.num_hidden_layers),
+            "prototypes": text_prototypes(clip, names, spec.templates),
+            "logit_scale": np.asarray(clip.params["logit_scale"]),
+            "vision_config": vc, "projection_dim": clip.config.projection_dim}
     pre = _PRETRAINED[key]
     blocks = clip_blocks(pre["vision_config"], pre["projection_dim"], spec.num_experts,
                          spec.bottleneck, spec.top_k)

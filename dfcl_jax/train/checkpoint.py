@@ -31,12 +31,16 @@ class RunCheckpointer:
         return self.manager.latest_step()
 
     def save(self, state: Any, meta: dict) -> None:
-        step = (self.latest() or 0) + 1 if self.latest() is not None else 0
-        self.manager.save(step, args=ocp.args.Composite(
+        """Asynchronous: the arrays are copied off the devices before this returns (so the next
+        step may reuse their buffers), the files are written in the background; `close()` and
+        every restore wait for them."""
+        latest = self.latest()
+        step = 0 if latest is None else latest + 1
+        self.manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-        self.manager.wait_until_finished()
 
     def restore_meta(self, step: int | None = None) -> dict:
+        self.manager.wait_until_finished()
         step = self.latest() if step is None else step
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -46,6 +50,7 @@ class RunCheckpointer:
         return out["meta"]
 
     def restore_state(self, abstract_state: Any, step: int | None = None) -> Any:
+        self.manager.wait_until_finished()
         step = self.latest() if step is None else step
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
@@ -57,6 +62,7 @@ class RunCheckpointer:
         return out["state"]
 
     def close(self) -> None:
+        self.manager.wait_until_finished()
         self.manager.close()
 
 

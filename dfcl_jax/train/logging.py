@@ -6,17 +6,22 @@ import json
 import os
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
 
 class RunLogger:
-    def __init__(self, workdir: str):
-        from tensorboardX import SummaryWriter
+    """Writes only where `enabled` (the chief process of a multi-process run)."""
 
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, kind: str, step: int, values: dict, **context) -> None:
         """One JSON line `{kind, step, **context, **values}` and TensorBoard scalars `kind/name`."""
+        if not self.enabled:
+            return
         clean = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
                  for k, v in values.items()}
         self.jsonl.write(json.dumps({"kind": kind, "step": step, **context, **clean}) + "\n")
@@ -26,5 +31,6 @@ class RunLogger:
                 self.tb.add_scalar(f"{kind}/{k}", v, step)
 
     def close(self) -> None:
-        self.jsonl.close()
-        self.tb.close()
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()

@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from dfcl_jax import preemption
 from dfcl_jax.data.augment import Augmentation
 from dfcl_jax.data.batching import eval_batches, host_slice, prefetch, train_batches
 from dfcl_jax.data.class_orders import class_order
@@ -155,12 +156,14 @@ class ContinualRun:
         self.R: list[list[float | None]] = [[None] * self.T for _ in range(self.T)]
         self.seen_acc: list[float | None] = [None] * self.T
         self.task, self.epoch, self.global_step = 0, 0, 0
+        self.batch = 0  # the next batch of `epoch` (a preempted run resumes inside an epoch)
         self.block_each_step = jax.devices()[0].platform == "cpu" and exp.mesh.size > 1
-        self.logger = RunLogger(exp.workdir)
+        self.logger = RunLogger(exp.workdir, enabled=mesh_lib.is_chief())
 
     # ------------------------------------------------------------------ checkpoint / resume
     def meta(self) -> dict:
-        return {"task": self.task, "epoch": self.epoch, "global_step": self.global_step,
+        return {"task": self.task, "epoch": self.epoch, "batch": self.batch,
+                "global_step": self.global_step,
                 "accuracy_matrix": self.R, "seen_accuracy": self.seen_acc,
                 "class_order": list(self.exp.splits.order),
                 "config": config_to_dict(self.exp.config)}
@@ -182,22 +185,26 @@ class ContinualRun:
                               + "\n  ".join(diffs))
         self.run_state = self.ckpt.restore_state(self.run_state)
         self.task, self.epoch, self.global_step = meta["task"], meta["epoch"], meta["global_step"]
+        self.batch = meta.get("batch", 0)
         self.R, self.seen_acc = meta["accuracy_matrix"], meta["seen_accuracy"]
-        log.info("resumed %s at task %d epoch %d", self.exp.workdir, self.task, self.epoch)
+        log.info("resumed %s at task %d epoch %d batch %d", self.exp.workdir, self.task,
+                 self.epoch, self.batch)
         return True
 
     def first_task_dir(self, workdir: str) -> str:
         return os.path.join(os.path.abspath(workdir), "first_task_model")
 
     def save_first_task_model(self) -> None:
+        """Every process enters the (collective) save; a resumed run that trained task 1 again
+        overwrites it with the same model. Only the chief writes the signature."""
         t = self.run_state.train
         path = self.first_task_dir(self.exp.workdir)
-        if os.path.exists(path):
-            return
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path, {"params": model_params(t.params), "batch_stats": t.batch_stats})
-        with open(path + ".json", "w") as f:
-            json.dump(first_task_signature(self.exp.config, self.exp.method), f, indent=1)
+            ckptr.save(path, {"params": model_params(t.params), "batch_stats": t.batch_stats},
+                       force=True)
+        if mesh_lib.is_chief():
+            with open(path + ".json", "w") as f:
+                json.dump(first_task_signature(self.exp.config, self.exp.method), f, indent=1)
 
     def load_first_task_model(self, workdir: str) -> None:
         """Start from another run's trained first-task model (e.g. shared by several methods)."""
@@ -246,7 +253,7 @@ class ContinualRun:
                               f"{len(indices)} training examples of task {task}")
 
         def feed():
-            for b in batches:
+            for b in batches[self.batch:]:
                 local = host_slice(b)
                 yield mesh_lib.put_batch(exp.mesh, exp.data.train_images[local],
                                          exp.train_labels[local])
@@ -255,21 +262,30 @@ class ContinualRun:
         step = self.train_step(phase.loss)
         pending: list[tuple[int, dict]] = []
         label = "" if phase.name == "train" else f" {phase.name}"
-        bar = tqdm(total=len(batches), desc=f"task {task + 1}/{self.T}{label} epoch {epoch + 1}",
-                   leave=False, disable=not cfg.runtime.progress or None)
-        for i, (images, labels) in enumerate(prefetch(feed())):
-            self.run_state, metrics = step(self.run_state, images, labels, info,
-                                                      jax.random.fold_in(base_key, i))
-            if self.block_each_step:  # XLA:CPU collectives can deadlock when queued back to back
-                jax.block_until_ready(metrics)
-            pending.append((self.global_step, metrics))
-            self.global_step += 1
-            if len(pending) >= cfg.runtime.log_every_steps or i == len(batches) - 1:
-                mean = self.flush(pending, task, epoch)
-                bar.update(len(pending))
-                bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{lr:.3g}")
-                pending = []
-        bar.close()
+        bar = tqdm(total=len(batches), initial=self.batch, leave=False,
+                   desc=f"task {task + 1}/{self.T}{label} epoch {epoch + 1}",
+                   disable=not cfg.runtime.progress or None)
+        try:
+            for i, (images, labels) in enumerate(prefetch(feed()), start=self.batch):
+                self.run_state, metrics = step(self.run_state, images, labels, info,
+                                               jax.random.fold_in(base_key, i))
+                if self.block_each_step:  # XLA:CPU collectives can deadlock when queued back to back
+                    jax.block_until_ready(metrics)
+                pending.append((self.global_step, metrics))
+                self.global_step += 1
+                self.batch = i + 1
+                if len(pending) >= cfg.runtime.log_every_steps or i == len(batches) - 1:
+                    mean = self.flush(pending, task, epoch)
+                    bar.update(len(pending))
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{lr:.3g}")
+                    pending = []
+                if self.batch < len(batches):
+                    preemption.check()
+        finally:
+            bar.close()
+            if pending:  # stopped early (preemption): the finished steps are logged
+                self.flush(pending, task, epoch)
+        self.batch = 0
 
     def flush(self, pending, task: int, epoch: int) -> dict:
         """Fetch buffered step metrics (one host sync per interval) and stop on NaN/Inf."""
@@ -333,7 +349,7 @@ class ContinualRun:
         rng = jax.random.fold_in(jax.random.key(exp.config.seed), 5000 + task)
         syn, _ = exp.method.sample_synthetic(exp.model, self.run_state, rng, n,
                                              exp.splits.n_old(task))
-        f_syn = self.features(np.asarray(syn))
+        f_syn = self.features(mesh_lib.to_host(syn))
         self.diagnostics = {
             "after_task": task,
             "mid_real_old_vs_synthetic_old": mean_image_distance(real["real_old"], f_syn),
@@ -341,11 +357,13 @@ class ContinualRun:
             "mmd_real_old_vs_synthetic_old": mmd_unbiased(real["real_old"], f_syn),
             "mmd_real_old_vs_real_new": mmd_unbiased(real["real_old"], real["real_new"]),
         }
-        plot_embeddings(os.path.join(exp.workdir, "embeddings_task2.png"),
-                        {"real old (task 1)": real["real_old"], "real new (task 2)": real["real_new"],
-                         "synthetic old": f_syn}, title=f"{exp.method.name}: features after task 2")
-        with open(os.path.join(exp.workdir, "diagnostics.json"), "w") as f:
-            json.dump(self.diagnostics, f, indent=1)
+        if mesh_lib.is_chief():
+            plot_embeddings(os.path.join(exp.workdir, "embeddings_task2.png"),
+                            {"real old (task 1)": real["real_old"],
+                             "real new (task 2)": real["real_new"], "synthetic old": f_syn},
+                            title=f"{exp.method.name}: features after task 2")
+            with open(os.path.join(exp.workdir, "diagnostics.json"), "w") as f:
+                json.dump(self.diagnostics, f, indent=1)
         self.logger.write("diagnostics", self.global_step, self.diagnostics, task=task)
 
     def save_synthetic_grid(self, task: int, n: int = 40) -> None:
@@ -354,14 +372,32 @@ class ContinualRun:
         rng = jax.random.fold_in(jax.random.key(exp.config.seed), 6000 + task)
         images, labels = exp.method.sample_synthetic(exp.model, self.run_state, rng, n,
                                                      exp.splits.n_seen(task))
-        plot_image_grid(os.path.join(exp.workdir, f"synthetic_after_task{task + 1}.png"),
-                        np.asarray(exp.augmentation.denormalize(images)), np.asarray(labels),
-                        title=f"{exp.method.name}: replay after task {task + 1}")
+        images, labels = mesh_lib.to_host(exp.augmentation.denormalize(images)), mesh_lib.to_host(labels)
+        if mesh_lib.is_chief():
+            plot_image_grid(os.path.join(exp.workdir, f"synthetic_after_task{task + 1}.png"),
+                            images, labels, title=f"{exp.method.name}: replay after task {task + 1}")
 
     # ---------------------------------------------------------------------------------- loop
     def run(self) -> dict:
-        cfg, exp = self.exp.config, self.exp
+        """Run (or resume) every task; on SIGTERM, save where the run stands and raise
+        `preemption.Preempted` (rerunning resumes there)."""
         self.maybe_resume()
+        with preemption.handle_sigterm():
+            try:
+                self.run_tasks()
+            except preemption.Preempted:
+                self.save()
+                log.warning("preempted at task %d epoch %d batch %d: checkpoint saved in %s; "
+                            "run the same command again to resume", self.task, self.epoch,
+                            self.batch, self.ckpt.directory)
+                raise
+            finally:
+                self.logger.close()
+                self.ckpt.close()  # waits for the asynchronous saves to finish
+        return self.results()
+
+    def run_tasks(self) -> None:
+        cfg, exp = self.exp.config, self.exp
         while self.task < self.T:
             task = self.task
             info = TaskInfo.make(exp.splits.n_old(task), exp.splits.n_seen(task))
@@ -377,12 +413,13 @@ class ContinualRun:
                 self.epoch = epochs
             while self.epoch < epochs:
                 p, local = locate(phases, self.epoch)
-                if local == 0:  # a fresh optimiser at every task and phase (methods.md sec. 6)
+                if local == 0 and self.batch == 0:  # a fresh optimiser at every task and phase
                     self.run_state = self.run_state.replace(
                         train=reset_optimizer(self.run_state.train))
                 self.train_epoch(task, self.epoch, train_indices, info, phases[p], local)
                 self.epoch += 1
-                if self.epoch % cfg.checkpoint.every_epochs == 0 and self.epoch < epochs:
+                # Also when training ends: a stop during the end-of-task work resumes there.
+                if self.epoch % cfg.checkpoint.every_epochs == 0 or self.epoch == epochs:
                     self.save()
             if task == 0:
                 self.save_first_task_model()
@@ -394,19 +431,18 @@ class ContinualRun:
                                  exp.splits.n_seen(task), task == self.T - 1, cfg.seed,
                                  bool(cfg.runtime.progress), exp.augmentation.normalize)
             self.run_state = exp.method.end_task(self.run_state, task, task_data)
-            self.run_state = freeze_teacher(self.run_state)
+            # End-of-task hooks make arrays off the mesh (counts, scatters): lay the state out on
+            # it again, as every collective save and the next task's step expect.
+            self.run_state = mesh_lib.put_replicated(exp.mesh, freeze_teacher(self.run_state))
             if replays_images and task < self.T - 1:
                 self.save_synthetic_grid(task)
             self.evaluate(task)
             self.task, self.epoch = task + 1, 0
             self.save()
-            results = self.results()
-            write_results(exp.workdir, results)
+            if mesh_lib.is_chief():
+                write_results(exp.workdir, self.results())
             log.info("task %d/%d: seen-class accuracy %.2f%% (%.0fs)", task + 1, self.T,
                      100 * self.seen_acc[task], time.time() - start)
-        self.logger.close()
-        self.ckpt.close()
-        return self.results()
 
     def results(self) -> dict:
         cfg, exp = self.exp.config, self.exp
@@ -434,8 +470,9 @@ class ContinualRun:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Run (or resume) `config` in `workdir`; returns results.json's content."""
     exp = build_experiment(config, workdir)
-    with open(os.path.join(exp.workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
+    if mesh_lib.is_chief():
+        with open(os.path.join(exp.workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
     log.info("devices: %s; mesh of %d; method %s on %s (%d tasks)", jax.devices(),
              exp.mesh.size, config.method.name, exp.data.name, config.data.num_tasks)
     return ContinualRun(exp).run()

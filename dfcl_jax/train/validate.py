@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+
 from dfcl_jax.data.class_orders import CLASS_ORDERS
 from dfcl_jax.data.sources import SOURCES, check_idx_dir
 from dfcl_jax.models.conv import CONV_IMPLS
@@ -97,7 +99,8 @@ def validate_config(config, workdir: str | None = None) -> None:
 def check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        # One probe per process: processes of one job share the workdir.
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
