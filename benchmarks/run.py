@@ -63,6 +63,21 @@ def parse_args(argv=None):
     return a
 
 
+def build_cases(name: str, a, mesh, impls: list[str]) -> tuple[list, list[str]]:
+    """(cases, their convolution implementations) of benchmark `name`: one per implementation
+    for the convolutional benchmarks, else one (named `name[impl]` when several are compared)."""
+    from benchmarks import suite
+
+    variants = impls if name in suite.CONV else impls[:1]
+    cases = []
+    for impl in variants:
+        case = suite.BENCHMARKS[name](a, mesh, impl)
+        if len(variants) > 1:
+            case.name = f"{name}[{impl}]"
+        cases.append(case)
+    return cases, variants
+
+
 def set_device_count(n: int) -> None:
     """Fake `n` CPU devices; must run before JAX initialises its backends."""
     if "jax" in sys.modules:
@@ -187,15 +202,8 @@ def vs_torch(a) -> list[dict]:
     print("# " + "\n# ".join(header), flush=True)
     rows = []
     for name in names:
-        build = suite.BENCHMARKS[name]
-        variants = impls if name in suite.CONV else impls[:1]
         load0 = os.getloadavg()
-        cases = []
-        for impl in variants:
-            case = build(a, mesh, impl)
-            if len(variants) > 1:
-                case.name = f"{name}[{impl}]"
-            cases.append(case)
+        cases, variants = build_cases(name, a, mesh, impls)
         per_call = cases[0].steps_per_call
         torch_case = ref.BUILDERS[name](a, per_call)
         calls = (a.phase_repeats if name in suite.PHASES
@@ -261,15 +269,8 @@ def main(argv=None) -> list[dict]:
     print(f"# {device}; load average {os.getloadavg()}", flush=True)
     rows = []
     for name in names:
-        build = suite.BENCHMARKS[name]
-        variants = impls if name in suite.CONV else impls[:1]
         load0 = os.getloadavg()[0]
-        cases = []
-        for impl in variants:
-            case = build(a, mesh, impl)
-            if len(variants) > 1:
-                case.name = f"{name}[{impl}]"
-            cases.append(case)
+        cases, variants = build_cases(name, a, mesh, impls)
         per_call = cases[0].steps_per_call
         calls = (a.phase_repeats if name in suite.PHASES
                  else max(math.ceil(a.steps / per_call), 3 if per_call > 1 else 1))

@@ -147,10 +147,19 @@ def generator_batches_are_sharded():
         histories.append(history["loss"])
         images = trainer.sample(state, jax.random.key(3), 16)
         if mesh is not None:
-            assert images.sharding.spec == P("data") and not images.sharding.is_fully_replicated
+            assert images.sharding.spec[0] == "data" and not images.sharding.is_fully_replicated
             assert trainer.loop.compile_counts() == {2: 1}
     print(f"abd generator losses: 1 device {histories[0]}, 4 devices {histories[1]}")
     np.testing.assert_allclose(histories[0], histories[1], rtol=1e-4, atol=1e-6)
+    from dfcl_jax.methods import get_method, method_config
+
+    dgr = get_method(method_config("dgr"))
+    dgr.cfg.vae.update({"width": 8, "z_dim": 8})
+    mesh = mesh_lib.make_mesh(4)
+    dgr.bind(10, 5, mesh)
+    extras = dgr.init_extras(model, jax.random.key(4), np.zeros((1, 32, 32, 3), np.float32))
+    samples = dgr.decode(mesh_lib.put_replicated(mesh, extras["vae"]), jax.random.key(5), 16)
+    assert samples.sharding.spec[0] == "data" and not samples.sharding.is_fully_replicated
 
 
 if __name__ == "__main__":

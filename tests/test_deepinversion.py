@@ -19,7 +19,9 @@ def bn_distance(model, variables, x):
 def test_deepinversion_lowers_its_loss_and_matches_the_teachers_statistics(trained_teacher):
     model, variables = trained_teacher
     labels = jnp.arange(20) % 5
-    cfg = DeepInversionConfig(steps=120, lr=0.1, r_feature=1.0, tv=1e-4, chunk=20, unroll=False)
+    # lr 0.2: at 0.1 the 120 steps leave 3 of 20 images on the wrong side of this teacher's
+    # boundaries (0.85; 0.95 at 0.2), measured with the 6-epoch teacher.
+    cfg = DeepInversionConfig(steps=120, lr=0.2, r_feature=1.0, tv=1e-4, chunk=20, unroll=False)
     res = invert(model, variables, labels=labels, image_shape=(32, 32, 1), config=cfg,
                  rng=jax.random.key(3), n_seen=5, progress=False)
     assert res.curve.shape == (120,)
